@@ -1,0 +1,190 @@
+r"""Memory and time of one training step versus depth.
+
+One forward + backward pass on a random graph (default 50,000 nodes,
+500,000 edges, 64 channels) for stacks of depth 1, 4, 16 and 64 of:
+
+* ``gatconv``  - a plain PyG stack, ``GATConv(64, 16, heads=4)`` + ELU per layer;
+* ``groupaddrev`` - PyG's ``GroupAddRev`` (2 groups) around ``GATConv(32, 8, heads=4)``;
+* ``ours``     - ``ReversibleMessagePassing`` with ``GATConv(32, 8, heads=4)`` as
+  both F and G (the same two convs per layer as ``groupaddrev``).
+
+Every configuration runs in a fresh process; peak memory is the growth of
+``ru_maxrss`` over the step (CPU) or ``torch.cuda.max_memory_allocated``
+(CUDA).  Time is the mean of ``--repeats`` further steps.
+
+    python benchmarks/memory_vs_depth.py [--nodes 50000 --edges 500000]
+        [--depths 1 4 16 64] [--device cpu] [--markdown out.md]
+"""
+import argparse
+import os
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+
+METHODS = ('gatconv', 'groupaddrev', 'ours')
+
+
+def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.Module:
+    from torch_geometric.nn import GATConv, GroupAddRev
+
+    from torch_geometric_gnf.nn import ReversibleMessagePassing
+
+    half = channels // 2
+    if method == 'gatconv':
+        layers = [GATConv(channels, channels // heads, heads=heads) for _ in range(depth)]
+    elif method == 'groupaddrev':
+        layers = [GroupAddRev(GATConv(half, half // heads, heads=heads), num_groups=2)
+                  for _ in range(depth)]
+    elif method == 'ours':
+        layers = [ReversibleMessagePassing(GATConv(half, half // heads, heads=heads),
+                                           GATConv(half, half // heads, heads=heads))
+                  for _ in range(depth)]
+    else:
+        raise ValueError(method)
+    return torch.nn.ModuleList(layers)
+
+
+def forward(method: str, layers: torch.nn.ModuleList, x: torch.Tensor,
+            edge_index: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x, edge_index)
+        if method == 'gatconv':
+            x = torch.nn.functional.elu(x)
+    return x
+
+
+def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
+            heads: int, repeats: int, device: str, seed: int = 0) -> Dict[str, Any]:
+    r"""Runs in a fresh process: builds the graph and model, then measures
+    one training step's peak memory and the mean time of further steps."""
+    from torch_geometric_gnf.utils import memory_baseline, step_memory_bytes
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    torch.set_num_threads(torch.get_num_threads())
+    edge_index = torch.randint(0, nodes, (2, edges), device=dev)
+    x = torch.randn(nodes, channels, device=dev)
+    model = build_model(method, depth, channels, heads).to(dev)
+
+    def step(x, edge_index):
+        out = forward(method, model, x, edge_index)
+        out.pow(2).mean().backward()
+        for p in model.parameters():
+            p.grad = None
+        if dev.type == 'cuda':
+            torch.cuda.synchronize(dev)
+
+    # Warm up on a tiny graph first: the first step also pages in libtorch's
+    # kernels and thread pools, a constant that is not activation memory.
+    step(torch.randn(64, channels, device=dev),
+         torch.randint(0, 64, (2, 256), device=dev))
+    base = memory_baseline(dev)
+    step(x, edge_index)
+    peak = step_memory_bytes(dev, base)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(x, edge_index)
+        times.append(time.perf_counter() - t0)
+    return {'method': method, 'depth': depth, 'peak_mb': peak / 2**20,
+            'seconds': sum(times) / max(len(times), 1)}
+
+
+def available_mb() -> float:
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('MemAvailable'):
+                return int(line.split()[1]) / 1024
+    return float('inf')
+
+
+def main(argv: List[str] = None) -> List[Dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--nodes', type=int, default=50_000)
+    parser.add_argument('--edges', type=int, default=500_000)
+    parser.add_argument('--channels', type=int, default=64)
+    parser.add_argument('--heads', type=int, default=4)
+    parser.add_argument('--depths', type=int, nargs='+', default=[1, 4, 16, 64])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--markdown', default=None, help='also write the table here')
+    parser.add_argument('--malloc-default', action='store_true',
+                        help="keep glibc's adaptive mmap threshold (see below)")
+    args = parser.parse_args(argv)
+    if not args.malloc_default:
+        # glibc raises its mmap threshold adaptively, after which freed large
+        # blocks stay in the heap and ru_maxrss counts allocator caching and
+        # fragmentation, not memory the step needs. A fixed threshold (all
+        # methods alike) makes the peak RSS track the live peak.
+        os.environ.setdefault('MALLOC_MMAP_THRESHOLD_', str(128 * 1024))
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from tqdm import tqdm
+
+    from torch_geometric_gnf.utils import run_in_fresh_process
+
+    results: Dict[tuple, Dict[str, Any]] = {}
+    configs = [(m, d) for d in args.depths for m in args.methods]
+    for method, depth in tqdm(configs, desc='configurations'):
+        # Skip what cannot fit: extrapolate linearly from the last depth.
+        prev = [r for (m, d), r in results.items() if m == method and 'peak_mb' in r]
+        if prev and args.device == 'cpu':
+            last = prev[-1]
+            predicted = last['peak_mb'] * depth / last['depth']
+            if predicted > 0.8 * available_mb():
+                results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
+                continue
+        try:
+            results[(method, depth)] = run_in_fresh_process(
+                measure, method=method, depth=depth, nodes=args.nodes,
+                edges=args.edges, channels=args.channels, heads=args.heads,
+                repeats=args.repeats, device=args.device)
+        except RuntimeError as e:
+            results[(method, depth)] = {'skipped': str(e).split(':')[-1].strip()[:40]}
+
+    malloc = os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')
+    lines = [f'Device: {args.device}, {torch.get_num_threads()} threads, torch '
+             f'{torch.__version__}; graph: {args.nodes:,} nodes, {args.edges:,} '
+             f'edges, {args.channels} channels, GAT heads={args.heads}; '
+             f'MALLOC_MMAP_THRESHOLD_={malloc}; time: mean of {args.repeats} '
+             f'step(s) after the measured one.', '',
+             '| depth | GATConv MB | GroupAddRev MB | ours MB | GATConv s | '
+             'GroupAddRev s | ours s | ours/GroupAddRev mem | ours/GroupAddRev time '
+             '| ours/GATConv mem |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+
+    def cell(method, depth, key, fmt):
+        r = results.get((method, depth), {})
+        return fmt.format(r[key]) if key in r else r.get('skipped', '-')
+
+    def ratio(a, b, depth, key):
+        ra, rb = results.get((a, depth), {}), results.get((b, depth), {})
+        return f'{ra[key] / rb[key]:.2f}' if key in ra and key in rb and rb[key] > 0 else '-'
+
+    for d in args.depths:
+        lines.append('| ' + ' | '.join([
+            str(d),
+            *(cell(m, d, 'peak_mb', '{:.0f}') for m in METHODS),
+            *(cell(m, d, 'seconds', '{:.2f}') for m in METHODS),
+            ratio('ours', 'groupaddrev', d, 'peak_mb'),
+            ratio('ours', 'groupaddrev', d, 'seconds'),
+            ratio('ours', 'gatconv', d, 'peak_mb'),
+        ]) + ' |')
+    ours = {d: results.get(('ours', d), {}) for d in args.depths}
+    if 'peak_mb' in ours[min(args.depths)] and 'peak_mb' in ours[max(args.depths)]:
+        lines.append('')
+        lines.append(f'ours depth {max(args.depths)} / depth {min(args.depths)} peak '
+                     f'memory: {ours[max(args.depths)]["peak_mb"] / ours[min(args.depths)]["peak_mb"]:.2f}')
+    table = '\n'.join(lines)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(table + '\n')
+    return list(results.values())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+import torch
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, TransformerConv
+
+SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
+
+
+def random_graph(num_nodes: int = 14, num_edges: int = 40, seed: int = 0,
+                 dtype: torch.dtype = torch.long) -> torch.Tensor:
+    r"""A random directed graph with the awkward cases every kernel must
+    survive: two isolated nodes, duplicate edges and explicit self-loops."""
+    gen = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, num_nodes - 2, (2, num_edges), generator=gen)
+    loops = torch.tensor([[0, 3], [0, 3]])
+    ei = torch.cat([ei, ei[:, :5], loops], dim=1)  # duplicates + self-loops
+    return ei.to(dtype)
+
+
+def make_conv(name: str, in_channels: int, out_channels: int) -> torch.nn.Module:
+    r"""PyG convs mapping ``in_channels`` to ``out_channels``, with attention
+    dropout where the conv has it (to exercise RNG replay)."""
+    if name == 'gcn':
+        return GCNConv(in_channels, out_channels)
+    if name == 'gat':
+        return GATConv(in_channels, out_channels // 2, heads=2, dropout=0.5)
+    if name == 'sage':
+        return SAGEConv(in_channels, out_channels)
+    if name == 'gin':
+        return GINConv(torch.nn.Sequential(
+            torch.nn.Linear(in_channels, out_channels), torch.nn.Tanh(),
+            torch.nn.Linear(out_channels, out_channels)))
+    if name == 'transformer':
+        return TransformerConv(in_channels, out_channels // 2, heads=2, dropout=0.3)
+    raise ValueError(name)
+
+
+CONVS = ['gcn', 'gat', 'sage', 'gin', 'transformer']
+
+
+@pytest.fixture
+def graph():
+    return random_graph()

@@ -1,0 +1,74 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.nn import GraphConv
+
+from torch_geometric_gnf.datasets import community_node_classification
+from torch_geometric_gnf.models import GRevNet
+
+
+@pytest.fixture(scope='module')
+def data():
+    return community_node_classification(num_nodes=600, num_classes=3,
+                                         num_features=16, num_val=100, seed=1)
+
+
+@pytest.mark.parametrize('conv,coupling', [('gcn', 'additive'), ('gat', 'additive'),
+                                           ('sage', 'affine'), ('gin', 'additive')])
+def test_grevnet_learns_node_classification(data, conv, coupling):
+    torch.manual_seed(0)
+    model = GRevNet(16, 16, 3, num_layers=3, conv=conv, coupling=coupling,
+                    heads=2, dropout=0.2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(40):
+        model.train()
+        opt.zero_grad()
+        out = model(data.x, data.edge_index)
+        F.cross_entropy(out[data.train_mask], data.y[data.train_mask]).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(data.x, data.edge_index).argmax(-1)
+    acc = (pred[data.test_mask] == data.y[data.test_mask]).float().mean()
+    assert acc > 0.6  # chance is 1/3
+
+
+def test_memory_saving_model_equals_plain_model(data):
+    torch.manual_seed(0)
+    plain = GRevNet(16, 8, 3, num_layers=4, conv='gat', heads=2, dropout=0.3,
+                    attention_dropout=0.3, memory_saving=False).double()
+    saving = copy.deepcopy(plain)
+    for block in saving.blocks:
+        block.memory_saving = True
+    x = data.x.double()
+    grads = []
+    for model in (plain, saving):
+        torch.manual_seed(42)
+        loss = F.cross_entropy(model(x, data.edge_index), data.y)
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-8)
+
+
+def test_custom_conv_factory_and_repr():
+    model = GRevNet(5, 6, 2, num_layers=2, conv=lambda i, o: GraphConv(i, o))
+    assert isinstance(model.blocks[0].f.conv, GraphConv)
+    out = model(torch.randn(7, 5), torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    assert out.shape == (7, 2)
+    assert repr(model) == 'GRevNet(5, 6, 2, num_layers=2)'
+    before = model.head.weight.clone()
+    model.reset_parameters()
+    assert not torch.equal(before, model.head.weight)
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match='even'):
+        GRevNet(4, 7, 2, num_layers=2)
+    with pytest.raises(ValueError, match='num_layers'):
+        GRevNet(4, 8, 2, num_layers=0)
+    with pytest.raises(ValueError, match='Unknown conv'):
+        GRevNet(4, 8, 2, num_layers=1, conv='cheb')
+    with pytest.raises(ValueError, match='divisible'):
+        GRevNet(4, 8, 2, num_layers=1, conv='gat', heads=3)

@@ -1,0 +1,178 @@
+r"""Memory-saving autograd for reversible steps.
+
+:class:`ReversibleFunction` runs a step without recording a graph and keeps
+only its output.  The backward pass follows RevNet (Gomez et al., 2017,
+Algorithm 1): for each half-step, recompute :math:`F` (or :math:`G`) on the
+known half with grad enabled, rebuild the other half of the input with the
+inverse coupling, re-apply the coupling to the rebuilt half and backpropagate.
+Each half-step's function thus runs once more in backward, not twice
+(inverse, then forward) as in a plain "invert, then recompute" scheme.
+
+Chaining: when a step's input is the output of another memory-saving step,
+the successor takes the predecessor's stored output away
+(:func:`release_chained_input`) and hands back the input it rebuilds during
+its own backward pass, so a stack of any depth stores one feature matrix.
+"""
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class RngState:
+    r"""CPU (and CUDA, for CUDA tensors) random generator state, recorded
+    before a half-step so that its dropout masks replay exactly."""
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+@contextmanager
+def _forked_rng(device: torch.device) -> Iterator[None]:
+    # Replaying recorded states must not disturb the generator of the
+    # training loop: fork, replay, restore.
+    devices = []
+    if device.type == 'cuda':
+        devices = [device.index if device.index is not None
+                   else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _substitute(call: Tuple, originals: Sequence[Tensor],
+                replacements: Sequence[Tensor]) -> Tuple:
+    r"""Replaces grad-requiring tensors among the extra arguments by leaves."""
+    if len(originals) == 0:
+        return call
+    swap = {id(o): r for o, r in zip(originals, replacements)}
+    edge_index, args, kwargs, batch, num_graphs = call
+    args = tuple(swap.get(id(a), a) for a in args)
+    kwargs = {k: swap.get(id(v), v) for k, v in kwargs.items()}
+    return edge_index, args, kwargs, batch, num_graphs
+
+
+def _grad(outputs: Sequence[Tensor], grad_outputs: Sequence[Optional[Tensor]],
+          inputs: Sequence[Tensor]) -> List[Optional[Tensor]]:
+    r"""``torch.autograd.grad`` that skips outputs without a graph or a
+    gradient and returns ``None`` for unused inputs."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
+             if g is not None and o.requires_grad]
+    if len(pairs) == 0 or len(inputs) == 0:
+        return [None] * len(inputs)
+    outs, gouts = zip(*pairs)
+    return list(torch.autograd.grad(outs, inputs, gouts, allow_unused=True))
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+class ReversibleFunction(torch.autograd.Function):
+    r"""Runs ``block._step`` storing only its output; see the module doc."""
+    @staticmethod
+    def forward(ctx, block: torch.nn.Module, call: Tuple, num_grad_args: int,
+                x: Tensor, *inputs: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        rng: List[RngState] = []
+        y, log_det = block._step(x, call, False, rng)
+        ctx.block, ctx.call, ctx.rng = block, call, rng
+        ctx.grad_args = inputs[:num_grad_args]
+        ctx.params = inputs[num_grad_args:]
+        # A detached alias: storing `y` itself would form a reference cycle
+        # through `y.grad_fn`.
+        ctx.output = y.detach()
+        ctx.output_from_successor = False
+        ctx.predecessor = None
+        ctx.is_gnf_reversible = True
+        return y, log_det
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Optional[Tensor],
+                 grad_log_det: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        y = ctx.output
+        if y is None:
+            raise RuntimeError(
+                "A memory-saving reversible step lost its output: it was "
+                "released for the next reversible step to rebuild, but that "
+                "step's backward pass did not run. Backpropagate through the "
+                "last step's output or use memory_saving=False.")
+        if ctx.output_from_successor:
+            ctx.output = None  # handed over by the successor; free it now
+        block, rng = ctx.block, ctx.rng
+        need_x = ctx.needs_input_grad[3]
+        grad_args = list(ctx.grad_args)
+        leaves = [a.detach().requires_grad_() for a in grad_args]
+        call = _substitute(ctx.call, grad_args, leaves)
+        wrt = leaves + list(ctx.params)
+        if grad_y is None:
+            grad_y = torch.zeros_like(y)
+        gy0, gy1 = block._split(grad_y)
+        y0, y1 = block._split(y)
+        grads: List[Optional[Tensor]] = [None] * len(wrt)
+
+        with torch.enable_grad(), _forked_rng(y.device):
+            gx0 = gy0
+            x0 = y0
+            if block.g is not None:  # second half-step: y0 = c(x0; G(y1))
+                rng[1].restore()
+                y1_ = y1.detach().requires_grad_()
+                s, t = block._half(block.g, y1_, call, 'g')
+                with torch.no_grad():
+                    x0, _ = block._couple(y0, s, t, call, True)
+                x0_ = x0.detach().requires_grad_(need_x)
+                y0_, ld = block._couple(x0_, s, t, call, False)
+                out = _grad([y0_, ld], [gy0, grad_log_det],
+                            [y1_] + ([x0_] if need_x else []) + wrt)
+                gy1 = _add(gy1, out[0])
+                gx0 = out[1] if need_x else None
+                grads = [_add(a, b) for a, b in zip(grads, out[-len(wrt):])] \
+                    if wrt else grads
+                del y1_, s, t, x0_, y0_, ld, out
+            rng[0].restore()  # first half-step: y1 = c(x1; F(x0))
+            x0_ = x0.detach().requires_grad_(need_x)
+            s, t = block._half(block.f, x0_, call, 'f')
+            with torch.no_grad():
+                x1, _ = block._couple(y1, s, t, call, True)
+            x1_ = x1.detach().requires_grad_(need_x)
+            y1_, ld = block._couple(x1_, s, t, call, False)
+            out = _grad([y1_, ld], [gy1, grad_log_det],
+                        ([x0_, x1_] if need_x else []) + wrt)
+            grads = [_add(a, b) for a, b in zip(grads, out[-len(wrt):])] \
+                if wrt else grads
+            grad_x = None
+            if need_x:
+                gx1 = out[1] if out[1] is not None else torch.zeros_like(x1)
+                gx0 = _add(gx0, out[0])
+                gx0 = gx0 if gx0 is not None else torch.zeros_like(x0)
+                grad_x = block._merge(gx0, gx1)
+            del x0_, x1_, y1_, s, t, ld, out
+
+        if ctx.predecessor is not None:  # hand the rebuilt input back (kept
+            # linked so that a retained graph can be backpropagated again)
+            ctx.predecessor.output = block._merge(x0, x1)
+        num_args = len(grad_args)
+        return (None, None, None, grad_x, *grads[:num_args], *grads[num_args:])
+
+
+def release_chained_input(x: Tensor, y: Tensor) -> None:
+    r"""If :obj:`x` is the stored output of another memory-saving step, drop
+    that copy: the step that produced :obj:`y` rebuilds it in backward."""
+    prev = x.grad_fn
+    if prev is None or not getattr(prev, 'is_gnf_reversible', False):
+        return
+    if x.output_nr != 0:  # the log-det output, not the features
+        return
+    prev.output = None
+    prev.output_from_successor = True
+    y.grad_fn.predecessor = prev

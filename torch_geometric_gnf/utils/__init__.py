@@ -1,0 +1,19 @@
+"""Small helpers shared by layers and models: input checks and graph builders."""
+from .checks import (check_batch, check_edge_index, check_node_features,
+                     input_checks_enabled, set_input_checks)
+from .graph import fully_connected_edge_index, infer_num_graphs
+from .profiling import (memory_baseline, run_in_fresh_process,
+                        step_memory_bytes)
+
+__all__ = [
+    'check_batch',
+    'check_edge_index',
+    'check_node_features',
+    'input_checks_enabled',
+    'set_input_checks',
+    'fully_connected_edge_index',
+    'infer_num_graphs',
+    'memory_baseline',
+    'run_in_fresh_process',
+    'step_memory_bytes',
+]

@@ -1,0 +1,110 @@
+"""Input validation with clear messages.
+
+Bad input must fail loudly and early, naming the problem, instead of crashing
+deep inside a kernel or silently producing garbage.  The checks cost one pass
+over ``x`` and ``edge_index``; :func:`set_input_checks` turns the value checks
+(finiteness, index range) off for production runs, shape/dtype/device checks
+always stay on because they are free.
+"""
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+_VALUE_CHECKS = True
+
+
+def set_input_checks(enabled: bool) -> None:
+    r"""Globally enable or disable the value checks (NaN/Inf in features,
+    out-of-range indices).  Shape, dtype and device checks are always on."""
+    global _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+
+
+def input_checks_enabled() -> bool:
+    r"""Whether value checks (NaN/Inf, index range) are enabled."""
+    return _VALUE_CHECKS
+
+
+def check_node_features(x: Any, name: str = 'x') -> None:
+    r"""Checks that :obj:`x` is a floating point node-feature tensor of shape
+    :obj:`[num_nodes, *]` with only finite values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor (got {type(x).__name__})")
+    if x.dim() < 2:
+        raise ValueError(f"'{name}' must have shape [num_nodes, channels] "
+                         f"(got shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise ValueError(f"'{name}' must be a floating point tensor (got {x.dtype})")
+    if _VALUE_CHECKS and x.numel() > 0 and not _all_finite(x):
+        num_nan = int(torch.isnan(x).sum())
+        num_inf = int(torch.isinf(x).sum())
+        raise ValueError(f"'{name}' contains non-finite values ({num_nan} NaN, "
+                         f"{num_inf} Inf)")
+
+
+@torch.no_grad()  # a check must never enter the autograd graph
+def _all_finite(x: Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+def check_edge_index(edge_index: Any, num_nodes: int, device: torch.device,
+                     name: str = 'edge_index') -> None:
+    r"""Checks a dense :obj:`edge_index` of shape :obj:`[2, num_edges]`:
+    integer dtype, same device as the node features and indices in
+    :obj:`[0, num_nodes)`.  Sparse adjacency formats (``SparseTensor``,
+    ``torch.sparse``) are checked for their size only."""
+    if edge_index is None:
+        return
+    if isinstance(edge_index, Tensor) and not edge_index.is_sparse and \
+            edge_index.layout == torch.strided:
+        if edge_index.device != device:
+            raise RuntimeError(f"'{name}' is on {edge_index.device} but the node "
+                               f"features are on {device}")
+        if edge_index.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"'{name}' must have dtype torch.int64 or "
+                             f"torch.int32 (got {edge_index.dtype})")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"'{name}' must have shape [2, num_edges] "
+                             f"(got shape {tuple(edge_index.shape)})")
+        if _VALUE_CHECKS and edge_index.numel() > 0:
+            lo, hi = int(edge_index.min()), int(edge_index.max())
+            if lo < 0 or hi >= num_nodes:
+                raise ValueError(f"'{name}' contains out-of-range node indices "
+                                 f"(found range [{lo}, {hi}], but there are "
+                                 f"only {num_nodes} nodes)")
+        return
+    sizes = None
+    if hasattr(edge_index, 'sparse_sizes'):  # torch_sparse.SparseTensor
+        sizes = edge_index.sparse_sizes()
+    elif isinstance(edge_index, Tensor):  # torch.sparse layouts
+        sizes = tuple(edge_index.shape)
+    if sizes is not None:
+        dev = edge_index.device
+        dev = dev() if callable(dev) else dev  # SparseTensor.device() is a method
+        if dev != device:
+            raise RuntimeError(f"'{name}' is on a different device than the node "
+                               f"features ({device})")
+        if sizes[-1] != num_nodes:
+            raise ValueError(f"'{name}' is a sparse adjacency of size "
+                             f"{tuple(sizes)} but there are {num_nodes} nodes")
+
+
+def check_batch(batch: Optional[Tensor], num_nodes: int,
+                device: torch.device) -> None:
+    r"""Checks a :obj:`batch` vector (graph id per node)."""
+    if batch is None:
+        return
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"'batch' must be a torch.Tensor (got {type(batch).__name__})")
+    if batch.device != device:
+        raise RuntimeError(f"'batch' is on {batch.device} but the node features "
+                           f"are on {device}")
+    if batch.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"'batch' must have dtype torch.int64 or torch.int32 "
+                         f"(got {batch.dtype})")
+    if batch.dim() != 1 or batch.numel() != num_nodes:
+        raise ValueError(f"'batch' must have shape [num_nodes={num_nodes}] "
+                         f"(got shape {tuple(batch.shape)})")
+    if _VALUE_CHECKS and batch.numel() > 0 and int(batch.min()) < 0:
+        raise ValueError("'batch' contains negative graph indices")
