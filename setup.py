@@ -36,10 +36,10 @@ def _extensions():
                  '`pip install torch==2.13.0`), then `pip install '
                  '--no-build-isolation .`; or set GNF_NO_EXTENSION=1.')
 
-    with_cuda = _flag('FORCE_CUDA') or (torch.cuda.is_available()
-                                        and CUDA_HOME is not None)
-    if torch.version.cuda is None:  # a CPU build of torch cannot link CUDA
-        with_cuda = False
+    # "torch has CUDA" means a CUDA build of torch; build machines often have
+    # no visible GPU, so torch.cuda.is_available() is not required.
+    with_cuda = torch.version.cuda is not None and (
+        _flag('FORCE_CUDA') or CUDA_HOME is not None)
 
     csrc = os.path.join(ROOT, 'csrc')
     sources = sorted(glob.glob(os.path.join(csrc, '*.cpp')) +

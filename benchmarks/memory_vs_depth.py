@@ -10,18 +10,22 @@ One forward + backward pass on a random graph (default 50,000 nodes,
 
 Every configuration runs in a fresh process; peak memory is the growth of
 ``ru_maxrss`` over the step (CPU) or ``torch.cuda.max_memory_allocated``
-(CUDA).  Time is the mean of ``--repeats`` further steps.
+(CUDA).  Time is the mean of ``--repeats`` steps after a warm-up step, in a
+separate fresh process that keeps glibc's default allocator settings.
 
     python benchmarks/memory_vs_depth.py [--nodes 50000 --edges 500000]
         [--depths 1 4 16 64] [--device cpu] [--markdown out.md]
 """
 import argparse
 import os
-import sys
 import time
 from typing import Any, Dict, List
 
 import torch
+from tqdm import tqdm
+
+from torch_geometric_gnf.utils import run_in_fresh_process
+from torch_geometric_gnf.utils.profiling import LIVE_PEAK_MALLOC_ENV
 
 METHODS = ('gatconv', 'groupaddrev', 'ours')
 
@@ -58,12 +62,12 @@ def forward(method: str, layers: torch.nn.ModuleList, x: torch.Tensor,
 def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
             heads: int, repeats: int, device: str, seed: int = 0) -> Dict[str, Any]:
     r"""Runs in a fresh process: builds the graph and model, then measures
-    one training step's peak memory and the mean time of further steps."""
+    the peak memory of one training step (:obj:`repeats=0`) or the mean time
+    of :obj:`repeats` steps after a warm-up step."""
     from torch_geometric_gnf.utils import memory_baseline, step_memory_bytes
 
     torch.manual_seed(seed)
     dev = torch.device(device)
-    torch.set_num_threads(torch.get_num_threads())
     edge_index = torch.randint(0, nodes, (2, edges), device=dev)
     x = torch.randn(nodes, channels, device=dev)
     model = build_model(method, depth, channels, heads).to(dev)
@@ -76,20 +80,20 @@ def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
         if dev.type == 'cuda':
             torch.cuda.synchronize(dev)
 
+    if repeats > 0:
+        step(x, edge_index)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step(x, edge_index)
+        return {'seconds': (time.perf_counter() - start) / repeats}
+
     # Warm up on a tiny graph first: the first step also pages in libtorch's
     # kernels and thread pools, a constant that is not activation memory.
     step(torch.randn(64, channels, device=dev),
          torch.randint(0, 64, (2, 256), device=dev))
     base = memory_baseline(dev)
     step(x, edge_index)
-    peak = step_memory_bytes(dev, base)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(x, edge_index)
-        times.append(time.perf_counter() - t0)
-    return {'method': method, 'depth': depth, 'peak_mb': peak / 2**20,
-            'seconds': sum(times) / max(len(times), 1)}
+    return {'peak_mb': step_memory_bytes(dev, base) / 2**20}
 
 
 def available_mb() -> float:
@@ -114,43 +118,41 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     parser.add_argument('--malloc-default', action='store_true',
                         help="keep glibc's adaptive mmap threshold (see below)")
     args = parser.parse_args(argv)
-    if not args.malloc_default:
-        # glibc raises its mmap threshold adaptively, after which freed large
-        # blocks stay in the heap and ru_maxrss counts allocator caching and
-        # fragmentation, not memory the step needs. A fixed threshold (all
-        # methods alike) makes the peak RSS track the live peak.
-        os.environ.setdefault('MALLOC_MMAP_THRESHOLD_', str(128 * 1024))
+    # Memory runs fix glibc's mmap threshold (see LIVE_PEAK_MALLOC_ENV);
+    # timing runs keep glibc's default (fewer page faults, real speed).
+    memory_env = {} if args.malloc_default else LIVE_PEAK_MALLOC_ENV
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from tqdm import tqdm
-
-    from torch_geometric_gnf.utils import run_in_fresh_process
 
     results: Dict[tuple, Dict[str, Any]] = {}
     configs = [(m, d) for d in args.depths for m in args.methods]
     for method, depth in tqdm(configs, desc='configurations'):
         # Skip what cannot fit: extrapolate linearly from the last depth.
-        prev = [r for (m, d), r in results.items() if m == method and 'peak_mb' in r]
+        prev = [r for (m, _), r in results.items() if m == method and 'peak_mb' in r]
         if prev and args.device == 'cpu':
             last = prev[-1]
             predicted = last['peak_mb'] * depth / last['depth']
             if predicted > 0.8 * available_mb():
                 results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
                 continue
+        common = dict(method=method, depth=depth, nodes=args.nodes,
+                      edges=args.edges, channels=args.channels, heads=args.heads,
+                      device=args.device)
         try:
-            results[(method, depth)] = run_in_fresh_process(
-                measure, method=method, depth=depth, nodes=args.nodes,
-                edges=args.edges, channels=args.channels, heads=args.heads,
-                repeats=args.repeats, device=args.device)
+            result = run_in_fresh_process(measure, env=memory_env, repeats=0,
+                                          **common)
+            result.update(run_in_fresh_process(measure, repeats=args.repeats,
+                                               **common))
+            result['depth'] = depth
+            results[(method, depth)] = result
         except RuntimeError as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[-1].strip()[:40]}
 
-    malloc = os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')
+    malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')
     lines = [f'Device: {args.device}, {torch.get_num_threads()} threads, torch '
              f'{torch.__version__}; graph: {args.nodes:,} nodes, {args.edges:,} '
-             f'edges, {args.channels} channels, GAT heads={args.heads}; '
-             f'MALLOC_MMAP_THRESHOLD_={malloc}; time: mean of {args.repeats} '
-             f'step(s) after the measured one.', '',
+             f'edges, {args.channels} channels, GAT heads={args.heads}; memory '
+             f'runs: MALLOC_MMAP_THRESHOLD_={malloc}; time: mean of '
+             f'{args.repeats} step(s) after a warm-up step, separate process.', '',
              '| depth | GATConv MB | GroupAddRev MB | ours MB | GATConv s | '
              'GroupAddRev s | ours s | ours/GroupAddRev mem | ours/GroupAddRev time '
              '| ours/GATConv mem |',

@@ -25,7 +25,8 @@ from torch_geometric_gnf.models import GRevNet
 from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
 from torch_geometric_gnf.utils import (memory_baseline, run_in_fresh_process,
                                        step_memory_bytes)
-from torch_geometric_gnf.utils.profiling import peak_rss_bytes
+from torch_geometric_gnf.utils.profiling import (LIVE_PEAK_MALLOC_ENV,
+                                                 peak_rss_bytes)
 
 GRAPH = dict(num_nodes=3000, num_classes=5, num_features=32, homophily=0.7,
              feature_noise=3.0, seed=0)
@@ -144,8 +145,10 @@ def main():
     print(f'C++ extension in use: {ops.extension_available()}')
 
     node = train_node_classifier(args.epochs)
-    saving = run_in_fresh_process(one_step_memory, memory_saving=True)
-    plain = run_in_fresh_process(one_step_memory, memory_saving=False)
+    saving = run_in_fresh_process(one_step_memory, env=LIVE_PEAK_MALLOC_ENV,
+                                  memory_saving=True)
+    plain = run_in_fresh_process(one_step_memory, env=LIVE_PEAK_MALLOC_ENV,
+                                 memory_saving=False)
     gnf = train_flow(True, args.flow_steps)
     realnvp = train_flow(False, args.flow_steps)
 

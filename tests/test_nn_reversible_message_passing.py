@@ -111,10 +111,10 @@ def test_gradcheck(coupling):
     blocks = make_stack('gcn', 4, 2, coupling)
     x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda h: run_stack(blocks, h, edge_index), (x, ))
+    # w.r.t. a parameter: gradcheck perturbs the parameter tensor in place
     weight = blocks[0].f.lin.weight
     assert torch.autograd.gradcheck(
-        lambda w: run_stack(blocks, x.detach(), edge_index) * 1.0
-        if w is weight else None, (weight, ))
+        lambda w: run_stack(blocks, x.detach(), edge_index), (weight, ))
 
 
 @pytest.mark.parametrize('coupling', ['additive', 'affine'])
@@ -293,3 +293,22 @@ def test_reset_parameters_and_repr():
     block.reset_parameters()
     assert not torch.equal(before, block.f.lin.weight)
     assert 'ReversibleMessagePassing' in repr(block) and 'GATConv' in repr(block)
+
+
+def test_torch_sparse_adjacency_input():
+    # PyG convs also take a transposed sparse adjacency; it passes through.
+    edge_index = random_graph()
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(edge_index.size(1)),
+                                    (14, 14), check_invariants=True).coalesce()
+    adj_t = adj_t.to_sparse_csr()
+    plain = make_stack('gcn', 8, 2, memory_saving=False)
+    saving = copy.deepcopy(plain)
+    for block in saving:
+        block.memory_saving = True
+    x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
+    adj_t = adj_t.double()
+    g_a, = torch.autograd.grad(run_stack(plain, x, adj_t).pow(2).sum(), [x])
+    g_b, = torch.autograd.grad(run_stack(saving, x, adj_t).pow(2).sum(), [x])
+    assert_close(g_a, g_b)
+    with pytest.raises(ValueError, match='sparse adjacency of size'):
+        plain[0](torch.randn(10, 8, dtype=torch.float64), adj_t)

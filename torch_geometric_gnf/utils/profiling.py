@@ -12,9 +12,16 @@ import multiprocessing as mp
 import os
 import resource
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
+
+
+# glibc raises its mmap threshold adaptively; after that, freed large blocks
+# stay in the heap and ru_maxrss measures allocator caching and fragmentation
+# rather than what the work needs. A fixed threshold (set for the child
+# process, all configurations alike) makes the peak RSS track the live peak.
+LIVE_PEAK_MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 
 
 def current_rss_bytes() -> int:
@@ -41,18 +48,27 @@ def _child(module: str, name: str, kwargs: Dict[str, Any], queue: Any,
 
 
 def run_in_fresh_process(fn: Callable[..., Dict[str, Any]],
+                         env: Optional[Dict[str, str]] = None,
                          **kwargs: Any) -> Dict[str, Any]:
     r"""Runs the module-level function :obj:`fn(**kwargs)` in a new Python
     process and returns the dictionary it returns.  The function should
     measure its own memory with :func:`current_rss_bytes` /
     :func:`peak_rss_bytes` (or the CUDA counters) around the work of interest.
     Raises :class:`RuntimeError` with the child's error if it failed, or if
-    it died (e.g. killed for running out of memory)."""
+    it died (e.g. killed for running out of memory).  :obj:`env` holds extra
+    environment variables for the child only (e.g. ``MALLOC_*`` settings,
+    which glibc reads at process start)."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(fn.__module__, fn.__name__, kwargs,
                                             queue, list(sys.path)))
-    proc.start()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        proc.start()  # the child inherits the environment at start
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     result = None
     while result is None:
         try:
