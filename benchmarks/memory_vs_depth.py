@@ -17,7 +17,6 @@ separate fresh process that keeps glibc's default allocator settings.
         [--depths 1 4 16 64] [--device cpu] [--markdown out.md]
 """
 import argparse
-import os
 import time
 from typing import Any, Dict, List
 

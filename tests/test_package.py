@@ -8,10 +8,11 @@ from torch_geometric_gnf import ops
 
 
 def test_public_api():
-    from torch_geometric_gnf.models import GRevNet  # noqa: F401
-    from torch_geometric_gnf.nn import (GraphAffineCoupling,  # noqa: F401
-                                        GraphNormalizingFlow,
-                                        ReversibleMessagePassing)
+    from torch_geometric_gnf import models, nn
+    for module, names in ((nn, ['ReversibleMessagePassing', 'GraphAffineCoupling',
+                                'GraphNormalizingFlow']), (models, ['GRevNet'])):
+        for name in names:
+            assert name in module.__all__ and isinstance(getattr(module, name), type)
     assert torch_geometric_gnf.__version__
 
 

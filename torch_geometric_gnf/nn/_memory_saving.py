@@ -14,7 +14,7 @@ the successor takes the predecessor's stored output away
 its own backward pass, so a stack of any depth stores one feature matrix.
 """
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -71,6 +71,34 @@ def _grad(outputs: Sequence[Tensor], grad_outputs: Sequence[Optional[Tensor]],
     return list(torch.autograd.grad(outs, inputs, gouts, allow_unused=True))
 
 
+def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return grad if grad is not None else torch.zeros_like(like)
+
+
+def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
+                        rng: RngState, call: Tuple, known: Tensor, out: Tensor,
+                        grad_out: Optional[Tensor], grad_log_det: Optional[Tensor],
+                        need_known: bool, need_rebuilt: bool,
+                        wrt: List[Tensor]) -> Tuple[Tensor, ...]:
+    r"""Backward through one half-step :math:`out = c(rebuilt; fn(known))`:
+    re-runs :obj:`fn(known)` with grad enabled (replaying its random state),
+    rebuilds the other input from :obj:`out` with the inverse coupling,
+    re-applies the coupling to it and backpropagates.  Returns
+    :obj:`(rebuilt, grad_known, grad_rebuilt, grads_wrt)`."""
+    rng.restore()
+    known_ = known.detach().requires_grad_(need_known)
+    s, t = block._half(fn, known_, call, name)
+    with torch.no_grad():
+        rebuilt, _ = block._couple(out, s, t, call, True)
+    rebuilt_ = rebuilt.detach().requires_grad_(need_rebuilt)
+    out_, log_det = block._couple(rebuilt_, s, t, call, False)
+    inputs = [known_] * need_known + [rebuilt_] * need_rebuilt + wrt
+    grads = _grad([out_, log_det], [grad_out, grad_log_det], inputs)
+    grad_known = grads.pop(0) if need_known else None
+    grad_rebuilt = grads.pop(0) if need_rebuilt else None
+    return rebuilt, grad_known, grad_rebuilt, grads
+
+
 def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     if a is None:
         return b
@@ -122,41 +150,22 @@ class ReversibleFunction(torch.autograd.Function):
         grads: List[Optional[Tensor]] = [None] * len(wrt)
 
         with torch.enable_grad(), _forked_rng(y.device):
-            gx0 = gy0
-            x0 = y0
+            x0, gx0 = y0, gy0
             if block.g is not None:  # second half-step: y0 = c(x0; G(y1))
-                rng[1].restore()
-                y1_ = y1.detach().requires_grad_()
-                s, t = block._half(block.g, y1_, call, 'g')
-                with torch.no_grad():
-                    x0, _ = block._couple(y0, s, t, call, True)
-                x0_ = x0.detach().requires_grad_(need_x)
-                y0_, ld = block._couple(x0_, s, t, call, False)
-                out = _grad([y0_, ld], [gy0, grad_log_det],
-                            [y1_] + ([x0_] if need_x else []) + wrt)
-                gy1 = _add(gy1, out[0])
-                gx0 = out[1] if need_x else None
-                grads = [_add(a, b) for a, b in zip(grads, out[-len(wrt):])] \
-                    if wrt else grads
-                del y1_, s, t, x0_, y0_, ld, out
-            rng[0].restore()  # first half-step: y1 = c(x1; F(x0))
-            x0_ = x0.detach().requires_grad_(need_x)
-            s, t = block._half(block.f, x0_, call, 'f')
-            with torch.no_grad():
-                x1, _ = block._couple(y1, s, t, call, True)
-            x1_ = x1.detach().requires_grad_(need_x)
-            y1_, ld = block._couple(x1_, s, t, call, False)
-            out = _grad([y1_, ld], [gy1, grad_log_det],
-                        ([x0_, x1_] if need_x else []) + wrt)
-            grads = [_add(a, b) for a, b in zip(grads, out[-len(wrt):])] \
-                if wrt else grads
-            grad_x = None
-            if need_x:
-                gx1 = out[1] if out[1] is not None else torch.zeros_like(x1)
-                gx0 = _add(gx0, out[0])
-                gx0 = gx0 if gx0 is not None else torch.zeros_like(x0)
-                grad_x = block._merge(gx0, gx1)
-            del x0_, x1_, y1_, s, t, ld, out
+                x0, g_y1, gx0, g_wrt = _backward_half_step(
+                    block, block.g, 'g', rng[1], call, y1, y0, gy0,
+                    grad_log_det, True, need_x, wrt)
+                gy1 = _add(gy1, g_y1)
+                grads = [_add(a, b) for a, b in zip(grads, g_wrt)]
+            # first half-step: y1 = c(x1; F(x0))
+            x1, g_x0, gx1, g_wrt = _backward_half_step(
+                block, block.f, 'f', rng[0], call, x0, y1, gy1, grad_log_det,
+                need_x, need_x, wrt)
+            grads = [_add(a, b) for a, b in zip(grads, g_wrt)]
+        grad_x = None
+        if need_x:
+            gx0 = _add(gx0, g_x0)
+            grad_x = block._merge(_or_zeros(gx0, x0), _or_zeros(gx1, x1))
 
         if ctx.predecessor is not None:  # hand the rebuilt input back (kept
             # linked so that a retained graph can be backpropagated again)

@@ -48,6 +48,15 @@ def _all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+def _check_index_tensor(index: Tensor, device: torch.device, name: str) -> None:
+    if index.device != device:
+        raise RuntimeError(f"'{name}' is on {index.device} but the node "
+                           f"features are on {device}")
+    if index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"'{name}' must have dtype torch.int64 or torch.int32 "
+                         f"(got {index.dtype})")
+
+
 def check_edge_index(edge_index: Any, num_nodes: int, device: torch.device,
                      name: str = 'edge_index') -> None:
     r"""Checks a dense :obj:`edge_index` of shape :obj:`[2, num_edges]`:
@@ -58,12 +67,7 @@ def check_edge_index(edge_index: Any, num_nodes: int, device: torch.device,
         return
     if isinstance(edge_index, Tensor) and not edge_index.is_sparse and \
             edge_index.layout == torch.strided:
-        if edge_index.device != device:
-            raise RuntimeError(f"'{name}' is on {edge_index.device} but the node "
-                               f"features are on {device}")
-        if edge_index.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"'{name}' must have dtype torch.int64 or "
-                             f"torch.int32 (got {edge_index.dtype})")
+        _check_index_tensor(edge_index, device, name)
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"'{name}' must have shape [2, num_edges] "
                              f"(got shape {tuple(edge_index.shape)})")
@@ -97,12 +101,7 @@ def check_batch(batch: Optional[Tensor], num_nodes: int,
         return
     if not isinstance(batch, Tensor):
         raise TypeError(f"'batch' must be a torch.Tensor (got {type(batch).__name__})")
-    if batch.device != device:
-        raise RuntimeError(f"'batch' is on {batch.device} but the node features "
-                           f"are on {device}")
-    if batch.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"'batch' must have dtype torch.int64 or torch.int32 "
-                         f"(got {batch.dtype})")
+    _check_index_tensor(batch, device, 'batch')
     if batch.dim() != 1 or batch.numel() != num_nodes:
         raise ValueError(f"'batch' must have shape [num_nodes={num_nodes}] "
                          f"(got shape {tuple(batch.shape)})")
