@@ -8,17 +8,25 @@
 #include <cmath>
 
 #include "affine_coupling.h"
+#include "affine_coupling_math.h"
 
 namespace gnf {
 namespace {
 
-// tanh via one exp: scalar std::tanh is several times slower than exp and
-// dominates the kernel. Exact limits: exp overflow -> 1, underflow -> -1;
-// absolute error stays at a few ulp of 1, which is what the clamp needs.
-template <typename T>
-inline T fast_tanh(T u) {
-  return T(1) - T(2) / (std::exp(T(2) * u) + T(1));
-}
+// exp/tanh for the shared element math (affine_coupling_math.h).
+struct CpuMath {
+  template <typename T>
+  static T exp(T v) {
+    return std::exp(v);
+  }
+  // tanh via one exp: scalar std::tanh is several times slower than exp and
+  // dominates the kernel. Exact limits: exp overflow -> 1, underflow -> -1;
+  // absolute error stays at a few ulp of 1, which is what the clamp needs.
+  template <typename T>
+  static T tanh(T u) {
+    return T(1) - T(2) / (std::exp(T(2) * u) + T(1));
+  }
+};
 
 // Rows (nodes) per parallel chunk: about GRAIN_SIZE elements each.
 inline int64_t row_grain(int64_t num_features) {
@@ -37,13 +45,12 @@ void forward_kernel(const scalar_t* x, const scalar_t* s_raw,
     for (int64_t i = begin; i < end; ++i) {
       double acc = 0;  // row sum of s in double: F can be large
       for (int64_t j = i * F; j < (i + 1) * F; ++j) {
-        const opmath_t sr = static_cast<opmath_t>(s_raw[j]);
-        const opmath_t s = use_clamp ? c * fast_tanh(sr / c) : sr;
-        const opmath_t xv = static_cast<opmath_t>(x[j]);
-        const opmath_t tv = static_cast<opmath_t>(t[j]);
+        const opmath_t s = soft_clamp<CpuMath>(
+            static_cast<opmath_t>(s_raw[j]), c, use_clamp).s;
         acc += static_cast<double>(s);
-        out[j] = static_cast<scalar_t>(inverse ? (xv - tv) * std::exp(-s)
-                                               : xv * std::exp(s) + tv);
+        out[j] = static_cast<scalar_t>(affine_apply<CpuMath>(
+            static_cast<opmath_t>(x[j]), s, static_cast<opmath_t>(t[j]),
+            inverse));
       }
       row_sum[i] = inverse ? -acc : acc;
     }
@@ -63,23 +70,13 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* data,
     for (int64_t i = begin; i < end; ++i) {
       const opmath_t g = g_node ? static_cast<opmath_t>(g_node[i]) : 0;
       for (int64_t j = i * F; j < (i + 1) * F; ++j) {
-        const opmath_t sr = static_cast<opmath_t>(s_raw[j]);
-        const opmath_t th = use_clamp ? fast_tanh(sr / c) : opmath_t(0);
-        const opmath_t s = use_clamp ? c * th : sr;
-        const opmath_t ds = use_clamp ? opmath_t(1) - th * th : opmath_t(1);
+        const ClampedScale<opmath_t> cs = soft_clamp<CpuMath>(
+            static_cast<opmath_t>(s_raw[j]), c, use_clamp);
         const opmath_t go = grad_out ? static_cast<opmath_t>(grad_out[j]) : 0;
-        const opmath_t d = static_cast<opmath_t>(data[j]);
-        opmath_t gin, gs;
-        if (!inverse) {  // y = x * exp(s) + t, data = x (input)
-          const opmath_t e = std::exp(s);
-          gin = go * e;
-          gs = go * d * e + g;
-        } else {  // x = (y - t) * exp(-s), data = x (output)
-          gin = go * std::exp(-s);
-          gs = -(go * d + g);
-        }
-        grad_in[j] = static_cast<scalar_t>(gin);
-        grad_s_raw[j] = static_cast<scalar_t>(gs * ds);
+        const AffineGrads<opmath_t> r = affine_grads<CpuMath>(
+            go, static_cast<opmath_t>(data[j]), g, cs, inverse);
+        grad_in[j] = static_cast<scalar_t>(r.grad_in);
+        grad_s_raw[j] = static_cast<scalar_t>(r.grad_s_raw);
       }
     }
   });

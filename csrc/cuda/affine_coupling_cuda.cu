@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "affine_coupling.h"
+#include "affine_coupling_math.h"
 
 namespace gnf {
 namespace {
@@ -20,11 +21,16 @@ constexpr int kWarpSize = 32;
 constexpr int kRowsPerBlock = 8;  // one warp per row (node)
 constexpr int kThreads = 256;     // backward: plain elementwise kernel
 
-// Explicit float/double overloads: never silently compute in double.
-__device__ __forceinline__ float dev_exp(float v) { return expf(v); }
-__device__ __forceinline__ double dev_exp(double v) { return exp(v); }
-__device__ __forceinline__ float dev_tanh(float v) { return tanhf(v); }
-__device__ __forceinline__ double dev_tanh(double v) { return tanh(v); }
+// exp/tanh for the shared element math (affine_coupling_math.h). Explicit
+// float/double overloads: never silently compute in double.
+struct DeviceMath {
+  static __device__ __forceinline__ float exp(float v) { return ::expf(v); }
+  static __device__ __forceinline__ double exp(double v) { return ::exp(v); }
+  static __device__ __forceinline__ float tanh(float v) { return ::tanhf(v); }
+  static __device__ __forceinline__ double tanh(double v) {
+    return ::tanh(v);
+  }
+};
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
@@ -45,15 +51,15 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x,
       static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= N) return;  // uniform per warp, so the shuffle below is safe
   const int64_t base = row * F;
+  const bool use_clamp = c > acc_t(0);
   acc_t acc = 0;
   for (int64_t j = threadIdx.x; j < F; j += kWarpSize) {
-    const acc_t sr = static_cast<acc_t>(s_raw[base + j]);
-    const acc_t s = c > acc_t(0) ? c * dev_tanh(sr / c) : sr;
-    const acc_t xv = static_cast<acc_t>(x[base + j]);
-    const acc_t tv = static_cast<acc_t>(t[base + j]);
+    const acc_t s = soft_clamp<DeviceMath>(
+        static_cast<acc_t>(s_raw[base + j]), c, use_clamp).s;
     acc += s;
-    out[base + j] = static_cast<scalar_t>(
-        inverse ? (xv - tv) * dev_exp(-s) : xv * dev_exp(s) + tv);
+    out[base + j] = static_cast<scalar_t>(affine_apply<DeviceMath>(
+        static_cast<acc_t>(x[base + j]), s, static_cast<acc_t>(t[base + j]),
+        inverse));
   }
   acc = warp_sum(acc);
   if (threadIdx.x == 0) row_sum[row] = inverse ? -acc : acc;
@@ -70,27 +76,17 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
                                 int64_t numel, int64_t F, acc_t c,
                                 bool inverse) {
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const bool use_clamp = c > acc_t(0);
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        k < numel; k += stride) {
-    const bool use_clamp = c > acc_t(0);
-    const acc_t sr = static_cast<acc_t>(s_raw[k]);
-    const acc_t th = use_clamp ? dev_tanh(sr / c) : acc_t(0);
-    const acc_t s = use_clamp ? c * th : sr;
-    const acc_t ds = use_clamp ? acc_t(1) - th * th : acc_t(1);
+    const ClampedScale<acc_t> cs = soft_clamp<DeviceMath>(
+        static_cast<acc_t>(s_raw[k]), c, use_clamp);
     const acc_t go = grad_out ? static_cast<acc_t>(grad_out[k]) : acc_t(0);
     const acc_t g = g_node ? static_cast<acc_t>(g_node[k / F]) : acc_t(0);
-    const acc_t d = static_cast<acc_t>(data[k]);
-    acc_t gin, gs;
-    if (!inverse) {  // y = x * exp(s) + t, data = x (input)
-      const acc_t e = dev_exp(s);
-      gin = go * e;
-      gs = go * d * e + g;
-    } else {  // x = (y - t) * exp(-s), data = x (output)
-      gin = go * dev_exp(-s);
-      gs = -(go * d + g);
-    }
-    grad_in[k] = static_cast<scalar_t>(gin);
-    grad_s_raw[k] = static_cast<scalar_t>(gs * ds);
+    const AffineGrads<acc_t> r = affine_grads<DeviceMath>(
+        go, static_cast<acc_t>(data[k]), g, cs, inverse);
+    grad_in[k] = static_cast<scalar_t>(r.grad_in);
+    grad_s_raw[k] = static_cast<scalar_t>(r.grad_s_raw);
   }
 }
 
