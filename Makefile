@@ -30,6 +30,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/memory_vs_depth.py --markdown benchmarks/results/memory_vs_depth_cpu.md
+	$(PY) benchmarks/plot_memory_vs_depth.py benchmarks/results/memory_vs_depth_cpu.md \
+		benchmarks/results/memory_vs_depth_cpu.png
 
 clean:
 	rm -rf build *.egg-info torch_geometric_gnf/_C*.so $(VENV)

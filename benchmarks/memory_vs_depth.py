@@ -111,7 +111,7 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--depths', type=int, nargs='+', default=[1, 4, 16, 64])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
-    parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--markdown', default=None, help='also write the table here')
     parser.add_argument('--malloc-default', action='store_true',
