@@ -136,12 +136,12 @@ class ReversibleMessagePassing(torch.nn.Module):
         num_graphs = infer_num_graphs(batch, num_graphs)
         call = (edge_index, args, kwargs, batch, num_graphs)
         params = [p for p in self.parameters() if p.requires_grad]
-        needs_graph = torch.is_grad_enabled() and (
-            x.requires_grad or len(params) > 0 or _any_requires_grad(args, kwargs))
-        if inverse or not self.memory_saving or not needs_graph:
-            return self._step(x, call, inverse)
         grad_args = [a for a in list(args) + list(kwargs.values())
                      if isinstance(a, Tensor) and a.requires_grad]
+        needs_graph = torch.is_grad_enabled() and (
+            x.requires_grad or len(params) > 0 or len(grad_args) > 0)
+        if inverse or not self.memory_saving or not needs_graph:
+            return self._step(x, call, inverse)
         y, log_det = ReversibleFunction.apply(self, call, len(grad_args), x,
                                               *grad_args, *params)
         release_chained_input(x, y)
@@ -235,11 +235,6 @@ class ReversibleMessagePassing(torch.nn.Module):
         return (f'{self.__class__.__name__}(f={self.f}, g={self.g}, '
                 f'coupling={self.coupling}, split_dim={self.split_dim}, '
                 f'memory_saving={self.memory_saving})')
-
-
-def _any_requires_grad(args: Tuple, kwargs: Dict) -> bool:
-    return any(isinstance(a, Tensor) and a.requires_grad
-               for a in list(args) + list(kwargs.values()))
 
 
 def _check_half_output(out: Any, h: Tensor, name: str, split_dim: int,
