@@ -121,15 +121,15 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     # timing runs keep glibc's default (fewer page faults, real speed).
     memory_env = {} if args.malloc_default else LIVE_PEAK_MALLOC_ENV
 
-
     results: Dict[tuple, Dict[str, Any]] = {}
     configs = [(m, d) for d in args.depths for m in args.methods]
     for method, depth in tqdm(configs, desc='configurations'):
         # Skip what cannot fit: extrapolate linearly from the last depth.
-        prev = [r for (m, _), r in results.items() if m == method and 'peak_mb' in r]
+        prev = [(d, r['peak_mb']) for (m, d), r in results.items()
+                if m == method and 'peak_mb' in r]
         if prev and args.device == 'cpu':
-            last = prev[-1]
-            predicted = last['peak_mb'] * depth / last['depth']
+            last_depth, last_mb = prev[-1]
+            predicted = last_mb * depth / last_depth
             if predicted > 0.8 * available_mb():
                 results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
                 continue
@@ -141,7 +141,6 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
                                           **common)
             result.update(run_in_fresh_process(measure, repeats=args.repeats,
                                                **common))
-            result['depth'] = depth
             results[(method, depth)] = result
         except RuntimeError as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[-1].strip()[:40]}
