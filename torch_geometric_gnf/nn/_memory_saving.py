@@ -13,38 +13,14 @@ the successor takes the predecessor's stored output away
 (:func:`release_chained_input`) and hands back the input it rebuilds during
 its own backward pass, so a stack of any depth stores one feature matrix.
 """
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
-class RngState:
-    r"""CPU (and CUDA, for CUDA tensors) random generator state, recorded
-    before a half-step so that its dropout masks replay exactly."""
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
-@contextmanager
-def _forked_rng(device: torch.device) -> Iterator[None]:
-    # Replaying recorded states must not disturb the generator of the
-    # training loop: fork, replay, restore.
-    devices = []
-    if device.type == 'cuda':
-        devices = [device.index if device.index is not None
-                   else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        yield
+from torch_geometric_gnf.utils.rng import RngState
+from torch_geometric_gnf.utils.rng import forked_rng as _forked_rng
 
 
 def _substitute(call: Tuple, originals: Sequence[Tensor],

@@ -5,6 +5,14 @@ from torch_geometric_gnf.ops._extension import (extension_available,
                                                 extension_with_cuda)
 from torch_geometric_gnf.ops.affine_coupling import (
     affine_coupling, affine_coupling_reference, soft_clamp)
+from torch_geometric_gnf.ops.csr import (CSRGraph, build_csr, cached_csr,
+                                         clear_csr_cache)
+from torch_geometric_gnf.ops.gat_attention import (
+    dropout_keep_mask, fused_gat_attention, fused_gat_attention_reference,
+    gat_attention_weights)
+from torch_geometric_gnf.ops.inplace_activation import (
+    elu_inverse, inplace_elu, inplace_leaky_relu, leaky_relu_inverse,
+    recompute)
 
 __all__ = [
     'extension_available',
@@ -13,4 +21,17 @@ __all__ = [
     'affine_coupling',
     'affine_coupling_reference',
     'soft_clamp',
+    'CSRGraph',
+    'build_csr',
+    'cached_csr',
+    'clear_csr_cache',
+    'fused_gat_attention',
+    'fused_gat_attention_reference',
+    'gat_attention_weights',
+    'dropout_keep_mask',
+    'inplace_leaky_relu',
+    'inplace_elu',
+    'leaky_relu_inverse',
+    'elu_inverse',
+    'recompute',
 ]

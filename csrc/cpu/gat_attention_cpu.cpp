@@ -1,0 +1,385 @@
+// CPU kernels of the fused GAT attention op (see csrc/gat_attention.cpp).
+//
+// forward: parallel over destination nodes, two passes over the incoming
+//   edges of a node (row max of the scores, then exp / sum / weighted sum of
+//   x[j] into a per-thread accumulator); no atomics, no per-edge storage.
+// backward, pass 1 (parallel over destinations): D_i = <g_i, out_i>, the
+//   score gradient of each edge, grad alpha_dst and grad alpha_edge; it
+//   writes the edge weight a*k and the score gradient into a transient
+//   [E, 2H] scratch buffer (freed on return, never saved for backward).
+// backward, pass 2 (parallel over sources, by-source CSR): grad x_j =
+//   sum a*k * g_i and grad alpha_src_j = sum of score gradients; no atomics.
+// Inner loops run over the C channels of one head (contiguous [N, H, C]).
+
+#include "cpu/gat_attention_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gat_attention.h"
+#include "gat_attention_math.h"
+
+namespace gnf {
+namespace {
+
+// Runs fn(begin, end) over node ranges that carry about the same work,
+// measured as edges + nodes (rowptr[i] + i), so that high-degree nodes on
+// real (power-law) graphs do not leave one thread with most of the edges.
+template <typename F>
+void parallel_over_nodes(const int64_t* rowptr, int64_t num_nodes,
+                         int64_t row_width, const F& fn) {
+  if (num_nodes == 0) return;
+  const int64_t total = rowptr[num_nodes] + num_nodes;  // >= num_nodes >= 1
+  const int64_t by_work = std::max<int64_t>(
+      1, total * std::max<int64_t>(1, row_width) / at::internal::GRAIN_SIZE);
+  const int64_t tasks = std::min<int64_t>(
+      std::min<int64_t>(by_work, num_nodes),
+      at::get_num_threads() > 1 ? 4 * at::get_num_threads() : 1);
+  // First node whose cumulative work reaches `target`.
+  auto node_at = [&](int64_t target) {
+    int64_t lo = 0, hi = num_nodes;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t begin = t == 0 ? 0 : node_at(t * total / tasks);
+      const int64_t end =
+          t + 1 == tasks ? num_nodes : node_at((t + 1) * total / tasks);
+      if (begin < end) fn(begin, end);
+    }
+  });
+}
+
+// acc[c] += w * v[c]
+template <typename acc_t, typename scalar_t>
+inline void axpy(acc_t* __restrict__ acc, acc_t w,
+                 const scalar_t* __restrict__ v, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) acc[c] += w * static_cast<acc_t>(v[c]);
+}
+
+// <a, b> with 8 independent partial sums, so the compiler can vectorise the
+// reduction without -ffast-math.
+template <typename acc_t, typename scalar_t>
+inline acc_t dot(const scalar_t* __restrict__ a,
+                 const scalar_t* __restrict__ b, int64_t C) {
+  acc_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8)
+    for (int k = 0; k < 8; ++k)
+      part[k] += static_cast<acc_t>(a[c + k]) * static_cast<acc_t>(b[c + k]);
+  acc_t s = ((part[0] + part[4]) + (part[1] + part[5])) +
+            ((part[2] + part[6]) + (part[3] + part[7]));
+  for (; c < C; ++c) s += static_cast<acc_t>(a[c]) * static_cast<acc_t>(b[c]);
+  return s;
+}
+
+// Feature rows of neighbours are gathered at random; fetching a row a few
+// edges ahead hides most of the memory latency.
+constexpr int64_t kPrefetchAhead = 4;
+
+inline void prefetch_row(const void* p, int64_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 1);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+struct DropoutParams {
+  bool active;
+  uint32_t key;
+  uint64_t threshold;
+  double scale;  // 1 / (1 - p), 0 for p = 1
+};
+
+inline DropoutParams make_dropout(double p, int64_t seed) {
+  DropoutParams d;
+  d.active = p > 0;
+  d.key = gat_dropout_key(seed);
+  d.threshold = gat_keep_threshold(p);
+  d.scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
+  return d;
+}
+
+template <typename scalar_t, typename index_t>
+void forward_kernel(const scalar_t* x, const scalar_t* a_src,
+                    const scalar_t* a_dst, const scalar_t* a_edge,
+                    const int64_t* rowptr, const index_t* col,
+                    const int64_t* perm, scalar_t* out, scalar_t* lse,
+                    int64_t num_dst, int64_t H, int64_t C,
+                    double slope_d, const DropoutParams& drop) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t slope = static_cast<acc_t>(slope_d);
+  const acc_t scale = static_cast<acc_t>(drop.scale);
+  const int64_t HC = H * C;
+  parallel_over_nodes(rowptr, num_dst, HC, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(HC), row_max(H), row_sum(H);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = rowptr[i], r1 = rowptr[i + 1];
+      scalar_t* out_i = out + i * HC;
+      if (r0 == r1) {  // no incoming edge: exact zero, no 0/0
+        std::fill(out_i, out_i + HC, scalar_t(0));
+        std::fill(lse + i * H, lse + (i + 1) * H, scalar_t(0));
+        continue;
+      }
+      const scalar_t* ad = a_dst + i * H;
+      std::fill(row_max.begin(), row_max.end(),
+                -std::numeric_limits<acc_t>::infinity());
+      for (int64_t s = r0; s < r1; ++s) {  // pass 1: row max per head
+        const scalar_t* as = a_src + static_cast<int64_t>(col[s]) * H;
+        const scalar_t* ae = a_edge ? a_edge + perm[s] * H : nullptr;
+        for (int64_t h = 0; h < H; ++h) {
+          acc_t raw = static_cast<acc_t>(as[h]) + static_cast<acc_t>(ad[h]);
+          if (ae) raw += static_cast<acc_t>(ae[h]);
+          row_max[h] = std::max(row_max[h], gat_leaky_relu(raw, slope));
+        }
+      }
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
+      for (int64_t s = r0; s < r1; ++s) {  // pass 2: exp, sum, weighted sum
+        if (s + kPrefetchAhead < r1)
+          prefetch_row(x + static_cast<int64_t>(col[s + kPrefetchAhead]) * HC,
+                       HC * static_cast<int64_t>(sizeof(scalar_t)));
+        const int64_t j = static_cast<int64_t>(col[s]);
+        const int64_t e = perm[s];
+        const scalar_t* as = a_src + j * H;
+        const scalar_t* ae = a_edge ? a_edge + e * H : nullptr;
+        const scalar_t* xj = x + j * HC;
+        for (int64_t h = 0; h < H; ++h) {
+          acc_t raw = static_cast<acc_t>(as[h]) + static_cast<acc_t>(ad[h]);
+          if (ae) raw += static_cast<acc_t>(ae[h]);
+          const acc_t p = std::exp(gat_leaky_relu(raw, slope) - row_max[h]);
+          row_sum[h] += p;
+          acc_t w = p;
+          if (drop.active)
+            w = gat_keep(drop.key, e, H, h, drop.threshold) ? p * scale
+                                                            : acc_t(0);
+          if (w != acc_t(0)) axpy(acc.data() + h * C, w, xj + h * C, C);
+        }
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        const acc_t inv = acc_t(1) / row_sum[h];
+        for (int64_t c = 0; c < C; ++c)
+          out_i[h * C + c] = static_cast<scalar_t>(acc[h * C + c] * inv);
+        lse[i * H + h] = static_cast<scalar_t>(row_max[h] +
+                                               std::log(row_sum[h]));
+      }
+    }
+  });
+}
+
+// Pass 1 of the backward, parallel over destinations. scratch[s, 0:H] gets
+// the weight a*k of slot s, scratch[s, H:2H] its score gradient.
+template <typename scalar_t, typename index_t>
+void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
+                         const scalar_t* a_src, const scalar_t* a_dst,
+                         const scalar_t* a_edge, const scalar_t* out,
+                         const scalar_t* lse, const int64_t* rowptr,
+                         const index_t* col, const int64_t* perm,
+                         scalar_t* grad_a_dst, scalar_t* grad_a_edge,
+                         at::opmath_type<scalar_t>* scratch, int64_t num_dst,
+                         int64_t H, int64_t C, double slope_d,
+                         const DropoutParams& drop) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t slope = static_cast<acc_t>(slope_d);
+  const acc_t scale = static_cast<acc_t>(drop.scale);
+  const int64_t HC = H * C;
+  parallel_over_nodes(rowptr, num_dst, HC, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> D(H), g_dst(H);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = rowptr[i], r1 = rowptr[i + 1];
+      const scalar_t* g_i = grad_out + i * HC;
+      const scalar_t* ad = a_dst + i * H;
+      for (int64_t h = 0; h < H; ++h) {
+        D[h] = r0 == r1 ? acc_t(0)
+                        : dot<acc_t>(g_i + h * C, out + i * HC + h * C, C);
+        g_dst[h] = 0;
+      }
+      for (int64_t s = r0; s < r1; ++s) {
+        if (s + kPrefetchAhead < r1)
+          prefetch_row(x + static_cast<int64_t>(col[s + kPrefetchAhead]) * HC,
+                       HC * static_cast<int64_t>(sizeof(scalar_t)));
+        const int64_t j = static_cast<int64_t>(col[s]);
+        const int64_t e = perm[s];
+        const scalar_t* as = a_src + j * H;
+        const scalar_t* ae = a_edge ? a_edge + e * H : nullptr;
+        const scalar_t* xj = x + j * HC;
+        acc_t* sc = scratch + s * 2 * H;
+        for (int64_t h = 0; h < H; ++h) {
+          acc_t raw = static_cast<acc_t>(as[h]) + static_cast<acc_t>(ad[h]);
+          if (ae) raw += static_cast<acc_t>(ae[h]);
+          const acc_t a = std::exp(gat_leaky_relu(raw, slope) -
+                                   static_cast<acc_t>(lse[i * H + h]));
+          acc_t k = 1;
+          if (drop.active)
+            k = gat_keep(drop.key, e, H, h, drop.threshold) ? scale
+                                                            : acc_t(0);
+          const acc_t gx =
+              k != acc_t(0) ? dot<acc_t>(g_i + h * C, xj + h * C, C)
+                            : acc_t(0);
+          const acc_t g_raw = gat_grad_raw(a, k, gx, D[h], raw, slope);
+          g_dst[h] += g_raw;
+          sc[h] = a * k;
+          sc[H + h] = g_raw;
+          if (grad_a_edge) grad_a_edge[e * H + h] = static_cast<scalar_t>(g_raw);
+        }
+      }
+      for (int64_t h = 0; h < H; ++h)
+        grad_a_dst[i * H + h] = static_cast<scalar_t>(g_dst[h]);
+    }
+  });
+}
+
+// Pass 2 of the backward, parallel over sources (by-source CSR).
+template <typename scalar_t, typename index_t>
+void backward_src_kernel(const scalar_t* grad_out,
+                         const at::opmath_type<scalar_t>* scratch,
+                         const int64_t* src_rowptr, const int64_t* src_slot,
+                         const index_t* src_row, scalar_t* grad_x,
+                         scalar_t* grad_a_src, int64_t num_src, int64_t H,
+                         int64_t C) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t HC = H * C;
+  parallel_over_nodes(src_rowptr, num_src, HC,
+                      [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(HC), g_src(H);
+    for (int64_t j = begin; j < end; ++j) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(g_src.begin(), g_src.end(), acc_t(0));
+      const int64_t k1 = src_rowptr[j + 1];
+      for (int64_t k = src_rowptr[j]; k < k1; ++k) {
+        if (k + kPrefetchAhead < k1)
+          prefetch_row(
+              grad_out + static_cast<int64_t>(src_row[k + kPrefetchAhead]) * HC,
+              HC * static_cast<int64_t>(sizeof(scalar_t)));
+        const acc_t* sc = scratch + src_slot[k] * 2 * H;
+        const scalar_t* g_i = grad_out + static_cast<int64_t>(src_row[k]) * HC;
+        for (int64_t h = 0; h < H; ++h) {
+          g_src[h] += sc[H + h];
+          if (sc[h] != acc_t(0)) axpy(acc.data() + h * C, sc[h], g_i + h * C, C);
+        }
+      }
+      for (int64_t f = 0; f < HC; ++f)
+        grad_x[j * HC + f] = static_cast<scalar_t>(acc[f]);
+      for (int64_t h = 0; h < H; ++h)
+        grad_a_src[j * H + h] = static_cast<scalar_t>(g_src[h]);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cpu(
+    const at::Tensor& x_in, const at::Tensor& alpha_src_in,
+    const at::Tensor& alpha_dst_in,
+    const std::optional<at::Tensor>& alpha_edge_in,
+    const at::Tensor& rowptr_in, const at::Tensor& col_in,
+    const at::Tensor& perm_in, double negative_slope, double dropout,
+    int64_t seed) {
+  check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
+                             rowptr_in, col_in, perm_in, dropout);
+  TORCH_CHECK(x_in.device().is_cpu(), "gat_attention_forward_cpu: CPU only");
+  const auto x = x_in.contiguous();
+  const auto alpha_src = alpha_src_in.contiguous();
+  const auto alpha_dst = alpha_dst_in.contiguous();
+  const auto rowptr = rowptr_in.contiguous();
+  const auto col = col_in.contiguous();
+  const auto perm = perm_in.contiguous();
+  at::Tensor alpha_edge;
+  if (alpha_edge_in.has_value()) alpha_edge = alpha_edge_in->contiguous();
+  const int64_t num_dst = alpha_dst.size(0), H = x.size(1), C = x.size(2);
+  auto out = at::empty({num_dst, H, C}, x.options());
+  auto lse = at::empty({num_dst, H}, x.options());
+  const DropoutParams drop = make_dropout(dropout, seed);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gat_attention_forward_cpu", [&] {
+    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "gat_attention_forward_cpu", [&] {
+      forward_kernel<scalar_t, index_t>(
+          x.data_ptr<scalar_t>(), alpha_src.data_ptr<scalar_t>(),
+          alpha_dst.data_ptr<scalar_t>(),
+          alpha_edge.defined() ? alpha_edge.data_ptr<scalar_t>() : nullptr,
+          rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+          perm.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
+          lse.data_ptr<scalar_t>(), num_dst, H, C, negative_slope, drop);
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gat_attention_backward_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in,
+    const at::Tensor& alpha_src_in, const at::Tensor& alpha_dst_in,
+    const std::optional<at::Tensor>& alpha_edge_in, const at::Tensor& out_in,
+    const at::Tensor& lse_in, const at::Tensor& rowptr_in,
+    const at::Tensor& col_in, const at::Tensor& perm_in,
+    const at::Tensor& src_rowptr_in, const at::Tensor& src_slot_in,
+    const at::Tensor& src_row_in, double negative_slope, double dropout,
+    int64_t seed) {
+  check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
+                             rowptr_in, col_in, perm_in, dropout);
+  check_gat_attention_backward(grad_out_in, out_in, lse_in, x_in,
+                               alpha_dst_in, src_rowptr_in, src_slot_in,
+                               src_row_in, col_in);
+  TORCH_CHECK(x_in.device().is_cpu(), "gat_attention_backward_cpu: CPU only");
+  const auto grad_out = grad_out_in.contiguous();
+  const auto x = x_in.contiguous();
+  const auto alpha_src = alpha_src_in.contiguous();
+  const auto alpha_dst = alpha_dst_in.contiguous();
+  const auto out = out_in.contiguous();
+  const auto lse = lse_in.contiguous();
+  const auto rowptr = rowptr_in.contiguous();
+  const auto col = col_in.contiguous();
+  const auto perm = perm_in.contiguous();
+  const auto src_rowptr = src_rowptr_in.contiguous();
+  const auto src_slot = src_slot_in.contiguous();
+  const auto src_row = src_row_in.contiguous();
+  at::Tensor alpha_edge;
+  if (alpha_edge_in.has_value()) alpha_edge = alpha_edge_in->contiguous();
+  const int64_t num_src = x.size(0), num_dst = alpha_dst.size(0);
+  const int64_t H = x.size(1), C = x.size(2), E = col.size(0);
+  auto grad_x = at::empty_like(x);
+  auto grad_alpha_src = at::empty_like(alpha_src);
+  auto grad_alpha_dst = at::empty_like(alpha_dst);
+  auto grad_alpha_edge = alpha_edge.defined() ? at::empty_like(alpha_edge)
+                                              : at::empty({0}, x.options());
+  const DropoutParams drop = make_dropout(dropout, seed);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gat_attention_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // Transient per-edge scratch (weight, score gradient): lives only
+    // during this call.
+    auto scratch = at::empty({E, 2 * H},
+                             x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "gat_attention_backward_cpu", [&] {
+      backward_dst_kernel<scalar_t, index_t>(
+          grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+          alpha_src.data_ptr<scalar_t>(), alpha_dst.data_ptr<scalar_t>(),
+          alpha_edge.defined() ? alpha_edge.data_ptr<scalar_t>() : nullptr,
+          out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+          rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+          perm.data_ptr<int64_t>(), grad_alpha_dst.data_ptr<scalar_t>(),
+          alpha_edge.defined() ? grad_alpha_edge.data_ptr<scalar_t>()
+                               : nullptr,
+          scratch.data_ptr<acc_t>(), num_dst, H, C, negative_slope, drop);
+      backward_src_kernel<scalar_t, index_t>(
+          grad_out.data_ptr<scalar_t>(), scratch.data_ptr<acc_t>(),
+          src_rowptr.data_ptr<int64_t>(), src_slot.data_ptr<int64_t>(),
+          src_row.data_ptr<index_t>(), grad_x.data_ptr<scalar_t>(),
+          grad_alpha_src.data_ptr<scalar_t>(), num_src, H, C);
+    });
+  });
+  return {grad_x, grad_alpha_src, grad_alpha_dst, grad_alpha_edge};
+}
+
+}  // namespace gnf
