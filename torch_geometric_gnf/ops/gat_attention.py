@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from torch_geometric_gnf.ops._extension import extension_supports
 from torch_geometric_gnf.ops.csr import CSRGraph, csr_row, csr_src_row
-from torch_geometric_gnf.utils.checks import input_checks_enabled
+from torch_geometric_gnf.utils.checks import all_finite, input_checks_enabled
 
 _MASK32 = 0xFFFFFFFF
 _SEED_SALT = 0x9E3779B9  # must match csrc/gat_attention_math.h
@@ -90,18 +90,8 @@ def _draw_seed(device: torch.device) -> int:
 # ---------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------
-def _all_finite(t: Tensor) -> bool:
-    # A finite sum implies finite elements (NaN and Inf propagate), and one
-    # reduction is several times cheaper than isfinite(); only a non-finite
-    # sum (or a rare overflow) needs the exact check.
-    with torch.no_grad():
-        if bool(torch.isfinite(t.sum())):
-            return True
-        return bool(torch.isfinite(t).all())
-
-
 def _check_finite(name: str, t: Tensor) -> None:
-    if t.numel() > 0 and not _all_finite(t):
+    if t.numel() > 0 and not all_finite(t):
         raise ValueError(f"fused_gat_attention: '{name}' contains "
                          f"non-finite values (NaN or Inf)")
 

@@ -36,7 +36,7 @@ def check_node_features(x: Any, name: str = 'x') -> None:
                          f"(got shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise ValueError(f"'{name}' must be a floating point tensor (got {x.dtype})")
-    if _VALUE_CHECKS and x.numel() > 0 and not _all_finite(x):
+    if _VALUE_CHECKS and x.numel() > 0 and not all_finite(x):
         num_nan = int(torch.isnan(x).sum())
         num_inf = int(torch.isinf(x).sum())
         raise ValueError(f"'{name}' contains non-finite values ({num_nan} NaN, "
@@ -44,8 +44,14 @@ def check_node_features(x: Any, name: str = 'x') -> None:
 
 
 @torch.no_grad()  # a check must never enter the autograd graph
-def _all_finite(x: Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
+def all_finite(x: Tensor) -> bool:
+    r"""Whether every element of :obj:`x` is finite (no NaN/Inf)."""
+    # A finite sum implies every element is finite (NaN/Inf propagate); the
+    # one reduction is much cheaper than a full mask. Only an overflowing sum
+    # of finite values needs the exact element-wise check.
+    if not (x.is_floating_point() or x.is_complex()):
+        return True
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _check_index_tensor(index: Tensor, device: torch.device, name: str) -> None:
