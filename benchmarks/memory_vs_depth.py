@@ -6,7 +6,9 @@ One forward + backward pass on a random graph (default 50,000 nodes,
 * ``gatconv``  - a plain PyG stack, ``GATConv(64, 16, heads=4)`` + ELU per layer;
 * ``groupaddrev`` - PyG's ``GroupAddRev`` (2 groups) around ``GATConv(32, 8, heads=4)``;
 * ``ours``     - ``ReversibleMessagePassing`` with ``GATConv(32, 8, heads=4)`` as
-  both F and G (the same two convs per layer as ``groupaddrev``).
+  both F and G (the same two convs per layer as ``groupaddrev``);
+* ``fused``    - ``ReversibleMessagePassing`` with ``FusedGATConv(32, 8, heads=4)``
+  as F and G (the same weights' shapes; fused attention kernel).
 
 Every configuration runs in a fresh process; peak memory is the growth of
 ``ru_maxrss`` over the step (CPU) or ``torch.cuda.max_memory_allocated``
@@ -14,7 +16,8 @@ Every configuration runs in a fresh process; peak memory is the growth of
 separate fresh process that keeps glibc's default allocator settings.
 
     python benchmarks/memory_vs_depth.py [--nodes 50000 --edges 500000]
-        [--depths 1 4 16 64] [--device cpu] [--markdown out.md]
+        [--depths 1 4 16 64] [--methods gatconv groupaddrev ours fused]
+        [--device cpu] [--markdown out.md]
 """
 import argparse
 import time
@@ -26,13 +29,15 @@ from tqdm import tqdm
 from torch_geometric_gnf.utils import run_in_fresh_process
 from torch_geometric_gnf.utils.profiling import LIVE_PEAK_MALLOC_ENV
 
-METHODS = ('gatconv', 'groupaddrev', 'ours')
+METHODS = ('gatconv', 'groupaddrev', 'ours', 'fused')
+COLUMNS = {'gatconv': 'GATConv', 'groupaddrev': 'GroupAddRev', 'ours': 'ours',
+           'fused': 'ours+FusedGATConv'}
 
 
 def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.Module:
     from torch_geometric.nn import GATConv, GroupAddRev
 
-    from torch_geometric_gnf.nn import ReversibleMessagePassing
+    from torch_geometric_gnf.nn import FusedGATConv, ReversibleMessagePassing
 
     half = channels // 2
     if method == 'gatconv':
@@ -43,6 +48,10 @@ def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.
     elif method == 'ours':
         layers = [ReversibleMessagePassing(GATConv(half, half // heads, heads=heads),
                                            GATConv(half, half // heads, heads=heads))
+                  for _ in range(depth)]
+    elif method == 'fused':
+        layers = [ReversibleMessagePassing(FusedGATConv(half, half // heads, heads=heads),
+                                           FusedGATConv(half, half // heads, heads=heads))
                   for _ in range(depth)]
     else:
         raise ValueError(method)
@@ -111,7 +120,8 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--depths', type=int, nargs='+', default=[1, 4, 16, 64])
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='timed steps per configuration; 0: memory only')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--markdown', default=None, help='also write the table here')
     parser.add_argument('--malloc-default', action='store_true',
@@ -122,14 +132,15 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     memory_env = {} if args.malloc_default else LIVE_PEAK_MALLOC_ENV
 
     results: Dict[tuple, Dict[str, Any]] = {}
+    # Configurations run in the order of --depths (e.g. 1 4 64 16 gets the
+    # extremes first); the table is rewritten after each one, rows sorted.
     configs = [(m, d) for d in args.depths for m in args.methods]
     for method, depth in tqdm(configs, desc='configurations'):
-        # Skip what cannot fit: extrapolate linearly from the last depth.
-        prev = [(d, r['peak_mb']) for (m, d), r in results.items()
-                if m == method and 'peak_mb' in r]
+        # Skip what cannot fit: extrapolate linearly from the measured depths.
+        prev = sorted((d, r['peak_mb']) for (m, d), r in results.items()
+                      if m == method and 'peak_mb' in r)
         if prev and args.device == 'cpu':
-            last_depth, last_mb = prev[-1]
-            predicted = last_mb * depth / last_depth
+            predicted = predict_mb(prev, depth)
             if predicted > 0.8 * available_mb():
                 results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
                 continue
@@ -139,22 +150,52 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
         try:
             result = run_in_fresh_process(measure, env=memory_env, repeats=0,
                                           **common)
-            result.update(run_in_fresh_process(measure, repeats=args.repeats,
-                                               **common))
+            if args.repeats > 0:
+                result.update(run_in_fresh_process(measure, repeats=args.repeats,
+                                                   **common))
             results[(method, depth)] = result
         except RuntimeError as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[-1].strip()[:40]}
+        table = render(results, args, memory_env)
+        if args.markdown:
+            with open(args.markdown, 'w') as f:
+                f.write(table + '\n')
 
+    table = render(results, args, memory_env)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(table + '\n')
+    return list(results.values())
+
+
+def predict_mb(prev: List[tuple], depth: int) -> float:
+    r"""Peak memory at :obj:`depth` extrapolated linearly from (depth, MB)
+    points: through the two deepest ones, or proportionally from one."""
+    if len(prev) == 1:
+        (d, mb), = prev
+        return mb * depth / d
+    (d0, mb0), (d1, mb1) = prev[-2:]
+    slope = max((mb1 - mb0) / (d1 - d0), 0.0)
+    return mb1 + slope * (depth - d1)
+
+
+def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
+           memory_env: Dict[str, str]) -> str:
+    r"""The markdown table of everything measured so far (rows by depth)."""
+    depths = sorted(set(args.depths))
     malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')
     lines = [f'Device: {args.device}, {torch.get_num_threads()} threads, torch '
              f'{torch.__version__}; graph: {args.nodes:,} nodes, {args.edges:,} '
              f'edges, {args.channels} channels, GAT heads={args.heads}; memory '
-             f'runs: MALLOC_MMAP_THRESHOLD_={malloc}; time: mean of '
-             f'{args.repeats} step(s) after a warm-up step, separate process.', '',
-             '| depth | GATConv MB | GroupAddRev MB | ours MB | GATConv s | '
-             'GroupAddRev s | ours s | ours/GroupAddRev mem | ours/GroupAddRev time '
-             '| ours/GATConv mem |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             f'runs: MALLOC_MMAP_THRESHOLD_={malloc}; time: ' +
+             (f'mean of {args.repeats} step(s) after a warm-up step, separate process.'
+              if args.repeats > 0 else 'not measured.'), '',
+             '| depth | ' + ' | '.join(f'{COLUMNS[m]} MB' for m in METHODS) + ' | '
+             + ' | '.join(f'{COLUMNS[m]} s' for m in METHODS) +
+             ' | ours/GroupAddRev mem | ours/GroupAddRev time | ours/GATConv mem '
+             '| fused/GroupAddRev mem | fused/GroupAddRev time | fused/ours mem |',
+             '|---' * (1 + 2 * len(METHODS) + 6) + '|']
 
     def cell(method, depth, key, fmt):
         r = results.get((method, depth), {})
@@ -164,7 +205,7 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
         ra, rb = results.get((a, depth), {}), results.get((b, depth), {})
         return f'{ra[key] / rb[key]:.2f}' if key in ra and key in rb and rb[key] > 0 else '-'
 
-    for d in args.depths:
+    for d in depths:
         lines.append('| ' + ' | '.join([
             str(d),
             *(cell(m, d, 'peak_mb', '{:.0f}') for m in METHODS),
@@ -172,18 +213,24 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
             ratio('ours', 'groupaddrev', d, 'peak_mb'),
             ratio('ours', 'groupaddrev', d, 'seconds'),
             ratio('ours', 'gatconv', d, 'peak_mb'),
+            ratio('fused', 'groupaddrev', d, 'peak_mb'),
+            ratio('fused', 'groupaddrev', d, 'seconds'),
+            ratio('fused', 'ours', d, 'peak_mb'),
         ]) + ' |')
-    ours = {d: results.get(('ours', d), {}) for d in args.depths}
-    if 'peak_mb' in ours[min(args.depths)] and 'peak_mb' in ours[max(args.depths)]:
-        lines.append('')
-        lines.append(f'ours depth {max(args.depths)} / depth {min(args.depths)} peak '
-                     f'memory: {ours[max(args.depths)]["peak_mb"] / ours[min(args.depths)]["peak_mb"]:.2f}')
-    table = '\n'.join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table + '\n')
-    return list(results.values())
+    lo, hi = min(depths), max(depths)
+    notes = []
+    for method in ('ours', 'fused'):
+        r_lo, r_hi = results.get((method, lo), {}), results.get((method, hi), {})
+        if 'peak_mb' in r_lo and 'peak_mb' in r_hi:
+            notes.append(f'{COLUMNS[method]} depth {hi} / depth {lo} peak memory: '
+                         f'{r_hi["peak_mb"] / r_lo["peak_mb"]:.2f}')
+    fused_hi, rev_hi = results.get(('fused', hi), {}), results.get(('groupaddrev', hi), {})
+    if 'peak_mb' in fused_hi and 'peak_mb' in rev_hi:
+        notes.append(f'{COLUMNS["fused"]} at depth {hi} / GroupAddRev(GATConv) at depth '
+                     f'{hi} peak memory: {fused_hi["peak_mb"] / rev_hi["peak_mb"]:.2f}')
+    if notes:
+        lines += [''] + [note + '  ' for note in notes]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

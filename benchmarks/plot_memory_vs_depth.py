@@ -5,34 +5,57 @@ and seconds per step versus depth, one line per method).
         benchmarks/results/memory_vs_depth_cpu.png
 """
 import argparse
-from typing import Dict, List, Tuple
+import textwrap
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = ('PyG GATConv stack', 'PyG GroupAddRev', 'ours (ReversibleMessagePassing)')
+# table column prefix -> legend label (older tables lack the fused column)
+LABELS = {
+    'GATConv': 'PyG GATConv stack',
+    'GroupAddRev': 'PyG GroupAddRev',
+    'ours': 'ours (ReversibleMessagePassing)',
+    'ours+FusedGATConv': 'ours + FusedGATConv',
+}
 
 
 def read_table(path: str) -> Tuple[str, Dict[str, List[Tuple[int, float, float]]]]:
     r"""Returns the caption line and, per method, (depth, MB, seconds) rows;
-    skipped cells are left out."""
+    columns are found by their header (``"<method> MB"``, ``"<method> s"``),
+    skipped or unmeasured cells are :obj:`None`."""
     with open(path) as f:
         lines = [line.strip() for line in f if line.strip()]
     caption = lines[0]
-    series: Dict[str, List[Tuple[int, float, float]]] = {k: [] for k in LABELS}
+    header: List[str] = []
+    series: Dict[str, List[Tuple[int, float, float]]] = {v: [] for v in LABELS.values()}
     for line in lines:
+        if not line.startswith('|'):
+            continue
         cells = [c.strip() for c in line.strip('|').split('|')]
-        if len(cells) < 7 or not cells[0].isdigit():
+        if cells[0] == 'depth':
+            header = cells
+            continue
+        if not header or not cells[0].isdigit():
             continue
         depth = int(cells[0])
-        for i, label in enumerate(LABELS):
-            try:
-                series[label].append((depth, float(cells[1 + i]), float(cells[4 + i])))
-            except ValueError:  # "skipped" cell
-                pass
+        for prefix, label in LABELS.items():
+            if f'{prefix} MB' not in header or f'{prefix} s' not in header:
+                continue
+            mb = _number(cells[header.index(f'{prefix} MB')])
+            sec = _number(cells[header.index(f'{prefix} s')])
+            if mb is not None or sec is not None:
+                series[label].append((depth, mb, sec))
     return caption, series
+
+
+def _number(cell: str) -> Optional[float]:
+    try:
+        return float(cell)
+    except ValueError:  # "skipped ...", "-" (not measured)
+        return None
 
 
 def main() -> None:
@@ -41,13 +64,15 @@ def main() -> None:
     parser.add_argument('output')
     args = parser.parse_args()
     caption, series = read_table(args.table)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    timed = any(sec is not None for rows in series.values() for _, _, sec in rows)
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6, 4.2),
+                             squeeze=False)
+    axes = axes[0]
     for label, rows in series.items():
-        if not rows:
-            continue
-        depths, mb, sec = zip(*rows)
-        axes[0].plot(depths, mb, marker='o', label=label)
-        axes[1].plot(depths, sec, marker='o', label=label)
+        for k, ax in enumerate(axes):  # column 1: MB, column 2: seconds
+            points = [(row[0], row[1 + k]) for row in rows if row[1 + k] is not None]
+            if points:
+                ax.plot(*zip(*points), marker='o', label=label)
     for ax, ylabel in zip(axes, ('peak memory of one step (MB)', 'seconds per step')):
         ax.set_xscale('log', base=2)
         ax.set_yscale('log')
@@ -55,7 +80,8 @@ def main() -> None:
         ax.set_ylabel(ylabel)
         ax.grid(True, which='both', alpha=0.3)
     axes[0].legend()
-    fig.suptitle(caption.split(';')[0] + ';' + caption.split(';')[1], fontsize=9)
+    title = caption.split(';')[0] + ';' + caption.split(';')[1]
+    fig.suptitle(textwrap.fill(title, 80 if timed else 60), fontsize=9)
     fig.tight_layout()
     fig.savefig(args.output, dpi=120)
     print(f'wrote {args.output}')
