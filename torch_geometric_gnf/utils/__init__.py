@@ -4,6 +4,8 @@ from .checks import (check_batch, check_edge_index, check_node_features,
 from .graph import fully_connected_edge_index, infer_num_graphs
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
+from .training import (load_checkpoint, peak_memory, reset_peak_memory,
+                       save_checkpoint)
 
 __all__ = [
     'check_batch',
@@ -16,4 +18,8 @@ __all__ = [
     'memory_baseline',
     'run_in_fresh_process',
     'step_memory_bytes',
+    'load_checkpoint',
+    'peak_memory',
+    'reset_peak_memory',
+    'save_checkpoint',
 ]
