@@ -72,3 +72,53 @@ def test_bad_configuration():
         GRevNet(4, 8, 2, num_layers=1, conv='cheb')
     with pytest.raises(ValueError, match='divisible'):
         GRevNet(4, 8, 2, num_layers=1, conv='gat', heads=3)
+
+
+def test_vanilla_baseline_same_layout(data):
+    from torch_geometric_gnf.models import ResidualStep
+    from torch_geometric_gnf.nn import ReversibleMessagePassing
+    rev = GRevNet(16, 8, 3, num_layers=4)
+    plain = GRevNet(16, 8, 3, num_layers=4, reversible=False)
+    assert len(plain.blocks) == len(rev.blocks) == 4
+    assert all(isinstance(b, ResidualStep) for b in plain.blocks)
+    assert all(isinstance(b, ReversibleMessagePassing) for b in rev.blocks)
+    # full width (8 -> 8) per plain step, half width (4 -> 4) per F/G
+    assert plain.blocks[0].fn.conv.lin.weight.shape == (8, 8)
+    assert rev.blocks[0].f.conv.lin.weight.shape == (4, 4)
+    out = plain(data.x, data.edge_index)
+    assert out.shape == (data.num_nodes, 3)
+    assert repr(plain) == 'GRevNet(16, 8, 3, num_layers=4, reversible=False)'
+
+
+def test_gated_steps_start_as_identity(data):
+    from torch_geometric_gnf.models import MessagePassingStep
+    torch.manual_seed(0)
+    step = MessagePassingStep(GraphConv(4, 4), 4, gate=True)
+    h = torch.randn(10, 4)
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    assert torch.equal(step(h, ei), torch.zeros(10, 4))
+    model = GRevNet(16, 8, 3, num_layers=2,
+                    conv=lambda i, o: GraphConv(i, o))
+    for block in model.blocks:
+        block.f.gate = torch.nn.Parameter(torch.zeros(1))
+        block.g.gate = torch.nn.Parameter(torch.zeros(1))
+    h0 = model.encoder(data.x)
+    assert torch.equal(model.blocks[0](h0, data.edge_index), h0)
+    # the gate itself receives a gradient, so the steps switch on in training
+    model(data.x, data.edge_index).sum().backward()
+    assert model.blocks[0].f.gate.grad.abs() > 0
+
+
+def test_feature_dropout_statistics():
+    from torch_geometric_gnf.models.grevnet import feature_dropout
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    y = feature_dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert feature_dropout(x, 0.3, training=False) is x
+    torch.manual_seed(0)
+    assert torch.equal(feature_dropout(x, 0.3, training=True), y)  # replayable
+    with pytest.raises(ValueError, match='dropout'):
+        feature_dropout(x, 1.0, training=True)

@@ -11,6 +11,20 @@ from torch_geometric_gnf.nn import ReversibleMessagePassing
 ConvFactory = Callable[[int, int], torch.nn.Module]
 
 
+def feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    r"""Inverted dropout, :math:`\mathbf{x} \odot \mathbf{m} / (1 - p)` with
+    :math:`m_i \sim \mathrm{Bernoulli}(1 - p)`, like
+    :func:`torch.nn.functional.dropout`, but drawing the mask as
+    :obj:`torch.rand(...) >= p`: about 3x faster on CPU than
+    :obj:`bernoulli_`, which dominated the time of small deep models.  Uses
+    the default generator, so a recorded RNG state replays the same mask."""
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1) (got {p})")
+    return x * (torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p)
+
+
 def _conv_factory(conv: Union[str, ConvFactory], heads: int,
                   attention_dropout: float) -> ConvFactory:
     if callable(conv):
@@ -40,28 +54,54 @@ class MessagePassingStep(torch.nn.Module):
     \mathrm{LayerNorm}(\mathbf{H}))), \mathcal{E})`.
     Normalising before the conv keeps deep stacks stable; LayerNorm (not
     BatchNorm) because it has no running statistics that the backward
-    recomputation would update a second time."""
+    recomputation would update a second time.  With :obj:`gate=True` the
+    output is multiplied by a learnable scalar :math:`\alpha` initialised at
+    zero (ReZero, Bachlechner et al., 2020): a residual or reversible step
+    then starts as the identity and deep stacks train like shallow ones."""
     def __init__(self, conv: torch.nn.Module, channels: int, norm: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, gate: bool = False):
         super().__init__()
         self.norm = torch.nn.LayerNorm(channels) if norm else None
         self.dropout = dropout
         self.conv = conv
+        self.gate = torch.nn.Parameter(torch.zeros(1)) if gate else None
 
     def reset_parameters(self):
         if self.norm is not None:
             self.norm.reset_parameters()
         reset(self.conv)
+        if self.gate is not None:
+            torch.nn.init.zeros_(self.gate)
 
     def forward(self, h: Tensor, edge_index: Any, *args, **kwargs) -> Tensor:
         if self.norm is not None:
             h = self.norm(h)
         h = F.relu(h)
-        h = F.dropout(h, p=self.dropout, training=self.training)
-        return self.conv(h, edge_index, *args, **kwargs)
+        h = feature_dropout(h, self.dropout, self.training)
+        h = self.conv(h, edge_index, *args, **kwargs)
+        return h if self.gate is None else self.gate * h
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}({self.conv}, norm={self.norm is not None})'
+
+
+class ResidualStep(torch.nn.Module):
+    r"""A plain (non-reversible) residual step,
+    :math:`\mathbf{H} \mapsto \mathbf{H} + F(\mathbf{H}, \mathcal{E})`: the
+    vanilla counterpart of a reversible step, used by the baselines
+    (:obj:`reversible=False`).  Autograd stores :math:`F`'s activations."""
+    def __init__(self, fn: torch.nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def reset_parameters(self):
+        reset(self.fn)
+
+    def forward(self, h: Tensor, edge_index: Any, *args, **kwargs) -> Tensor:
+        return h + self.fn(h, edge_index, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}({self.fn})'
 
 
 class GRevNet(torch.nn.Module):
@@ -101,12 +141,19 @@ class GRevNet(torch.nn.Module):
         memory_saving (bool, optional): See
             :class:`~torch_geometric_gnf.nn.ReversibleMessagePassing`.
             (default: :obj:`True`)
+        reversible (bool, optional): :obj:`False` gives the vanilla GNN
+            baseline with the same layout and step count: each step is a
+            :class:`ResidualStep`
+            :math:`\mathbf{H} \mathrel{+}= \mathrm{MessagePassingStep}(\mathbf{H})`
+            with a conv on the full width (:obj:`coupling` is then unused).
+            (default: :obj:`True`)
     """
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, conv: Union[str, ConvFactory] = 'gcn', *,
                  coupling: str = 'additive', heads: int = 1, dropout: float = 0.0,
                  attention_dropout: float = 0.0, norm: bool = True,
-                 memory_saving: bool = True, clamp: Optional[float] = 2.0):
+                 memory_saving: bool = True, clamp: Optional[float] = 2.0,
+                 reversible: bool = True):
         super().__init__()
         if hidden_channels % 2 != 0:
             raise ValueError(f"'hidden_channels' must be even to split into two "
@@ -118,18 +165,27 @@ class GRevNet(torch.nn.Module):
         self.out_channels = out_channels
         self.num_layers = num_layers
         self.dropout = dropout
+        self.reversible = reversible
         half = hidden_channels // 2
         out = half if coupling == 'additive' else 2 * half
         make = _conv_factory(conv, heads, attention_dropout)
 
         self.encoder = torch.nn.Linear(in_channels, hidden_channels)
-        self.blocks = torch.nn.ModuleList([
-            ReversibleMessagePassing(
-                MessagePassingStep(make(half, out), half, norm, dropout),
-                MessagePassingStep(make(half, out), half, norm, dropout),
-                coupling=coupling, memory_saving=memory_saving, clamp=clamp)
-            for _ in range(num_layers)
-        ])
+        if reversible:
+            self.blocks = torch.nn.ModuleList([
+                ReversibleMessagePassing(
+                    MessagePassingStep(make(half, out), half, norm, dropout),
+                    MessagePassingStep(make(half, out), half, norm, dropout),
+                    coupling=coupling, memory_saving=memory_saving, clamp=clamp)
+                for _ in range(num_layers)
+            ])
+        else:
+            self.blocks = torch.nn.ModuleList([
+                ResidualStep(MessagePassingStep(
+                    make(hidden_channels, hidden_channels), hidden_channels,
+                    norm, dropout))
+                for _ in range(num_layers)
+            ])
         self.norm = torch.nn.LayerNorm(hidden_channels) if norm else None
         self.head = torch.nn.Linear(hidden_channels, out_channels)
 
@@ -144,16 +200,17 @@ class GRevNet(torch.nn.Module):
     def forward(self, x: Tensor, edge_index: Any, *args, **kwargs) -> Tensor:
         r"""Returns per-node outputs of shape :obj:`[num_nodes, out_channels]`.
         Extra arguments (e.g. :obj:`edge_attr`) go to every conv."""
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = feature_dropout(x, self.dropout, self.training)
         h = self.encoder(x)
         for block in self.blocks:
             h = block(h, edge_index, *args, **kwargs)
         if self.norm is not None:
             h = self.norm(h)
-        h = F.dropout(F.relu(h), p=self.dropout, training=self.training)
+        h = feature_dropout(F.relu(h), self.dropout, self.training)
         return self.head(h)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.hidden_channels}, {self.out_channels}, '
-                f'num_layers={self.num_layers})')
+                f'num_layers={self.num_layers}'
+                + ('' if self.reversible else ', reversible=False') + ')')
