@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import is_undirected
+
+from torch_geometric_gnf.datasets.graphrnn import community_small_graphs
+from torch_geometric_gnf.models import GraphAutoEncoder, GraphGenerator
+
+
+def make_generator(node_counts=(3, 3, 5), channels=4, couplings=2, seed=0,
+                   perturb=True) -> GraphGenerator:
+    torch.manual_seed(seed)
+    ae = GraphAutoEncoder(embedding_channels=channels, hidden_channels=8,
+                          num_layers=1, heads=2)
+    gen = GraphGenerator(ae, list(node_counts), num_couplings=couplings,
+                         hidden_channels=8, heads=2)
+    if perturb:  # couplings start as the identity; make them non-trivial
+        with torch.no_grad():
+            for coupling in gen.flow.couplings:
+                for half in (coupling.f, coupling.g):
+                    half.lin_out.weight.normal_(0, 0.5)
+                    half.lin_out.bias.normal_(0, 0.5)
+    return gen.double()
+
+
+def test_inverse_round_trip_and_nontrivial_map():
+    gen = make_generator()
+    x = torch.randn(11, 4, dtype=torch.float64)
+    batch = torch.tensor([0] * 3 + [1] * 5 + [2] * 3)
+    z = gen(x, batch)
+    assert not torch.allclose(z, x, atol=1e-2)
+    assert torch.allclose(gen.inverse(z, batch), x, atol=1e-9)
+
+
+def test_log_prob_is_exact_change_of_variables():
+    gen = make_generator()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: gen(v.view(3, 4)).reshape(-1),
+                                             x.reshape(-1))
+    z = gen(x)
+    expected = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).sum() + torch.slogdet(jac)[1]
+    assert gen.log_prob(x).item() == pytest.approx(expected.item(), abs=1e-8)
+
+
+def test_log_prob_is_permutation_invariant_and_batch_independent():
+    gen = make_generator()
+    graphs = [torch.randn(n, 4, dtype=torch.float64) for n in (3, 5, 2)]
+    x = torch.cat(graphs)
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([3, 5, 2]))
+    lp = gen.log_prob(x, batch)
+    alone = torch.cat([gen.log_prob(g) for g in graphs])
+    assert torch.allclose(lp, alone, atol=1e-9)
+    perm = torch.randperm(5)
+    assert gen.log_prob(graphs[1][perm]).item() == pytest.approx(lp[1].item(), abs=1e-9)
+    # Attention couples the nodes: moving one node changes the others' latents.
+    x2 = graphs[1].clone()
+    x2[0] += 1.0
+    assert not torch.allclose(gen(x2)[1:], gen(graphs[1])[1:])
+
+
+def test_sample_returns_valid_graphs_with_prior_sizes():
+    gen = make_generator(node_counts=(3, 3, 5, 7))
+    out = gen.sample(64, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, Batch) and out.num_graphs == 64
+    sizes = [g.num_nodes for g in out.to_data_list()]
+    assert set(sizes) <= {3, 5, 7} and set(sizes) == {3, 5, 7}
+    assert sizes.count(3) > sizes.count(7)  # p(3) = 1/2, p(7) = 1/4
+    ei = out.edge_index
+    assert ei.numel() > 0
+    assert is_undirected(ei, num_nodes=out.num_nodes)
+    assert (ei[0] != ei[1]).all()
+    assert (out.batch[ei[0]] == out.batch[ei[1]]).all()
+    assert out.x.shape == (out.num_nodes, 4)
+    matched = gen.sample(num_nodes=[4, 9], generator=torch.Generator().manual_seed(1))
+    assert [g.num_nodes for g in matched.to_data_list()] == [4, 9]
+    # Decoding the sampled embeddings again gives the same graphs.
+    again = gen.auto_encoder.to_graphs(out.x, out.batch)
+    assert torch.equal(again.edge_index, out.edge_index)
+
+
+def test_flow_lowers_its_loss_on_tiny_embeddings():
+    torch.manual_seed(0)
+    graphs = community_small_graphs(seed=4)[::20]
+    batch = Batch.from_data_list(graphs)
+    ae = GraphAutoEncoder(embedding_channels=4, hidden_channels=8, num_layers=2, heads=2)
+    gen = GraphGenerator(ae, [g.num_nodes for g in graphs], num_couplings=2,
+                         hidden_channels=16, heads=2)
+    opt = torch.optim.Adam(gen.flow.parameters(), lr=1e-2)
+    fixed = gen.embed(batch)
+
+    def nll() -> float:
+        with torch.no_grad():
+            return -gen.log_prob(fixed, batch.batch).sum().item() / fixed.size(0)
+
+    before = nll()
+    for _ in range(60):
+        x = gen.embed(batch)
+        loss = -gen.log_prob(x, batch.batch).sum() / x.size(0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert nll() < before - 0.5
+
+
+def test_bad_input_raises_clear_errors():
+    ae = GraphAutoEncoder(embedding_channels=3, hidden_channels=8, num_layers=1, heads=2)
+    with pytest.raises(ValueError, match='even'):
+        GraphGenerator(ae, [3])
+    ae = GraphAutoEncoder(embedding_channels=4, hidden_channels=8, num_layers=1, heads=2)
+    with pytest.raises(TypeError, match='GraphAutoEncoder'):
+        GraphGenerator(torch.nn.Linear(2, 2), [3])
+    with pytest.raises(ValueError, match='node_counts'):
+        GraphGenerator(ae, [])
+    with pytest.raises(ValueError, match='node_counts'):
+        GraphGenerator(ae, [3, 0])
+    gen = GraphGenerator(ae, [3], num_couplings=1, hidden_channels=8, heads=2)
+    with pytest.raises(ValueError, match='exactly one'):
+        gen.sample(2, num_nodes=[3, 3])
+    with pytest.raises(ValueError, match='exactly one'):
+        gen.sample()
+    with pytest.raises(ValueError, match='positive int'):
+        gen.sample(0)
+    with pytest.raises(ValueError, match='positive counts'):
+        gen.sample(num_nodes=[3, 0])
+    with pytest.raises(ValueError, match='shape'):
+        gen.log_prob(torch.randn(3, 5))
+    assert 'GraphGenerator(channels=4' in repr(gen)
+
+
+def test_embed_recentres_each_graph_without_changing_its_decoding():
+    graphs = community_small_graphs(seed=5)[::40]
+    batch = Batch.from_data_list(graphs)
+    ae = GraphAutoEncoder(embedding_channels=4, hidden_channels=8, num_layers=2, heads=2)
+    exact = GraphGenerator(ae, [3], num_couplings=1, hidden_channels=8, heads=2,
+                           center_std=0.0)
+    raw = GraphGenerator(ae, [3], num_couplings=1, hidden_channels=8, heads=2,
+                         center_std=None)
+    torch.manual_seed(7)
+    x_raw = raw.embed(batch)
+    torch.manual_seed(7)
+    x_centred = exact.embed(batch)
+    means = torch.stack([x_centred[batch.batch == i].mean(0) for i in range(len(graphs))])
+    assert means.abs().max() < 1e-5
+    assert not torch.allclose(x_raw, x_centred, atol=1e-3)
+    assert torch.equal(ae.to_graphs(x_raw, batch.batch).edge_index,
+                       ae.to_graphs(x_centred, batch.batch).edge_index)
+    with pytest.raises(ValueError, match='center_std'):
+        GraphGenerator(ae, [3], center_std=-1.0)

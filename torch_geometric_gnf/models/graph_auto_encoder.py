@@ -1,0 +1,278 @@
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import to_dense_adj, to_dense_batch
+
+from torch_geometric_gnf.utils import check_batch, check_edge_index, infer_num_graphs
+
+from ._dense_attention import DenseAttentionBlock, fully_connected_attend
+
+ATTENTION = ('edges', 'all')
+
+
+def pair_logits(z: Tensor, temperature: float = 10.0) -> Tensor:
+    r"""Edge logits of the distance decoder (paper eq. 6),
+    :math:`\ell_{ij} = -C(\lVert \mathbf{z}_i - \mathbf{z}_j \rVert_2^2 - 1)`,
+    so that :math:`p(A_{ij} = 1) = \sigma(\ell_{ij})`, for padded embeddings
+    :obj:`[B, n, d]` (or one graph :obj:`[n, d]`)."""
+    sq = z.pow(2).sum(-1)
+    dist2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * z @ z.transpose(-1, -2)
+    return -temperature * (dist2.clamp_min(0) - 1)
+
+
+def pair_mask(mask: Tensor) -> Tensor:
+    r"""Unordered node pairs :math:`i < j` of the same graph, :obj:`[B, n, n]`,
+    from a node mask :obj:`[B, n]`."""
+    upper = torch.ones(mask.size(-1), mask.size(-1), dtype=torch.bool,
+                       device=mask.device).triu(1)
+    return mask.unsqueeze(-1) & mask.unsqueeze(-2) & upper
+
+
+class GraphAutoEncoder(torch.nn.Module):
+    r"""The permutation-invariant graph auto-encoder of `"Graph Normalizing
+    Flows" <https://arxiv.org/abs/1905.13177>`_ (section 3.3).
+
+    **Encoder.** Every call draws fresh node features
+    :math:`\mathbf{h}_i \sim \mathcal{N}(\mathbf{0}, \sigma^2 \mathbf{I})`
+    (:math:`\sigma^2 = 0.3`): the graph carries no node features, the noise
+    only breaks symmetry, and the structure must do the rest.  A linear
+    layer lifts them to :obj:`hidden_channels`, then :obj:`num_layers`
+    message-passing steps (multi-head dot-product attention over each node's
+    neighbours and itself, then an MLP; see
+    :class:`~torch_geometric_gnf.models._dense_attention.DenseAttentionBlock`)
+    and a linear read-out give embeddings
+    :math:`\mathbf{X} \in \mathbb{R}^{N \times d}`.
+
+    **Decoder** (eq. 6). Nodes close in embedding space are likely linked:
+
+    .. math::
+        \hat{A}_{ij} = \frac{1}{1 + \exp\big(C(\lVert \mathbf{x}_i -
+        \mathbf{x}_j \rVert_2^2 - 1)\big)}, \qquad C = 10.
+
+    **Loss** (eq. 5). Binary cross-entropy over the node pairs of each graph,
+
+    .. math::
+        \mathcal{L} = -\sum_{i < j} A_{ij} \log \hat{A}_{ij}
+        + (1 - A_{ij}) \log (1 - \hat{A}_{ij}),
+
+    over unordered pairs :math:`i < j` (graphs are undirected; the diagonal
+    is left out: :math:`\hat{A}_{ii} = \sigma(C)` is a constant).  Table 3
+    reports it divided by the number of nodes (:meth:`loss` returns the sum
+    and the node count), and counts incorrect edges: pairs
+    :math:`i < j` with :math:`[\hat{A}_{ij} > 0.5] \ne A_{ij}`.
+
+    Graphs of different sizes are padded densely
+    (:func:`~torch_geometric.utils.to_dense_batch`,
+    :func:`~torch_geometric.utils.to_dense_adj`) with masks; there is no
+    python loop over graphs.
+
+    Args:
+        embedding_channels (int, optional): Size :math:`d` of the node
+            embeddings. (default: :obj:`8`)
+        hidden_channels (int, optional): Width of the message-passing steps.
+            (default: :obj:`64`)
+        num_layers (int, optional): Message-passing steps. (default: :obj:`10`)
+        heads (int, optional): Attention heads. (default: :obj:`4`)
+        noise_channels (int, optional): Size of the random input features.
+            (default: :obj:`16`)
+        noise_variance (float, optional): :math:`\sigma^2`. (default: :obj:`0.3`)
+        temperature (float, optional): Decoder sharpness :math:`C`.
+            (default: :obj:`10.0`)
+        attention (str, optional): :obj:`"edges"`: each node attends to its
+            neighbours and itself (the paper's encoder); :obj:`"all"`: to
+            every node of its graph, with a learned per-layer, per-head logit
+            offset :math:`b` on linked pairs,
+            :math:`\mathrm{softmax}_j(\mathbf{q}_i^\top \mathbf{k}_j /
+            \sqrt{d} + b A_{ij})`, so that nodes also see whom they are
+            *not* linked to. (default: :obj:`"edges"`)
+    """
+    def __init__(self, embedding_channels: int = 8, hidden_channels: int = 64,
+                 num_layers: int = 10, heads: int = 4, noise_channels: int = 16,
+                 noise_variance: float = 0.3, temperature: float = 10.0,
+                 attention: str = 'edges'):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"'attention' must be one of {ATTENTION} (got {attention!r})")
+        for name, value in (('embedding_channels', embedding_channels),
+                            ('hidden_channels', hidden_channels),
+                            ('num_layers', num_layers), ('heads', heads),
+                            ('noise_channels', noise_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+        if noise_variance <= 0 or temperature <= 0:
+            raise ValueError("'noise_variance' and 'temperature' must be positive")
+        self.embedding_channels = embedding_channels
+        self.hidden_channels = hidden_channels
+        self.num_layers = num_layers
+        self.heads = heads
+        self.noise_channels = noise_channels
+        self.noise_variance = float(noise_variance)
+        self.temperature = float(temperature)
+        self.attention = attention
+        # 'all': one learned logit offset per layer and head for linked pairs.
+        self.edge_bias = torch.nn.Parameter(torch.empty(num_layers, heads)) \
+            if attention == 'all' else None
+        self.lin_in = torch.nn.Linear(noise_channels, hidden_channels)
+        self.layers = torch.nn.ModuleList(
+            [DenseAttentionBlock(hidden_channels, heads) for _ in range(num_layers)])
+        self.lin_out = torch.nn.Linear(hidden_channels, embedding_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters."""
+        self.lin_in.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+        self.lin_out.reset_parameters()
+        if self.edge_bias is not None:
+            torch.nn.init.constant_(self.edge_bias, 2.0)
+
+    # ----------------------------------------------------------------- input
+    def _dense(self, edge_index: Tensor, batch: Optional[Tensor],
+               num_nodes: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""Returns (graph id per node, node mask [B, n], adjacency [B, n, n])."""
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(f"'edge_index' must be a tensor (got "
+                            f"{type(edge_index).__name__})")
+        if batch is None:
+            if num_nodes is None:
+                num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+            batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
+        if batch.numel() == 0:
+            raise ValueError('Cannot encode an empty batch of graphs')
+        check_edge_index(edge_index, batch.numel(), edge_index.device)
+        check_batch(batch, batch.numel(), edge_index.device)
+        num_graphs = infer_num_graphs(batch, None)
+        _, mask = to_dense_batch(batch.new_zeros(batch.numel(), 1), batch,
+                                 batch_size=num_graphs)
+        adj = to_dense_adj(edge_index, batch, max_num_nodes=mask.size(1),
+                           batch_size=num_graphs) > 0
+        if (adj & ~(adj.transpose(1, 2))).any():
+            raise ValueError("'edge_index' must be undirected (every edge in "
+                             "both directions)")
+        return batch, mask, adj
+
+    @staticmethod
+    def _unpack(data) -> Tuple[Tensor, Optional[Tensor], Optional[int]]:
+        if isinstance(data, (Data, Batch)):
+            return data.edge_index, getattr(data, 'batch', None), data.num_nodes
+        raise TypeError(f"Expected a Data or Batch object (got {type(data).__name__})")
+
+    # --------------------------------------------------------------- encoder
+    def encode(self, edge_index: Tensor, batch: Optional[Tensor] = None,
+               num_nodes: Optional[int] = None,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        r"""Node embeddings :obj:`[num_nodes, embedding_channels]` of an
+        undirected graph batch, from fresh Gaussian input features."""
+        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
+        return self._encode_dense(mask, adj, generator)[mask]
+
+    def _encode_dense(self, mask: Tensor, adj: Tensor,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+        B, n = mask.shape
+        param = self.lin_in.weight
+        noise = torch.randn(B, n, self.noise_channels, generator=generator,
+                            device=param.device, dtype=param.dtype)
+        h = self.lin_in(noise * math.sqrt(self.noise_variance))
+        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+        if self.attention == 'edges':
+            attend = adj | eye  # neighbours and self; padding rows: self only
+            for layer in self.layers:
+                h = layer(h, attend)
+        else:
+            attend = fully_connected_attend(mask)
+            linked = adj.unsqueeze(1).to(h.dtype)  # [B, 1, n, n]
+            for layer, b in zip(self.layers, self.edge_bias):
+                h = layer(h, attend, linked * b.view(1, -1, 1, 1))
+        return self.lin_out(h) * mask.unsqueeze(-1)
+
+    def forward(self, edge_index: Tensor, batch: Optional[Tensor] = None,
+                num_nodes: Optional[int] = None) -> Tensor:
+        r"""Same as :meth:`encode`."""
+        return self.encode(edge_index, batch, num_nodes)
+
+    # --------------------------------------------------------------- decoder
+    def decode_logits(self, z: Tensor, batch: Optional[Tensor] = None
+                      ) -> Tuple[Tensor, Tensor]:
+        r"""Padded edge logits :obj:`[B, n, n]` and node mask :obj:`[B, n]`
+        of node embeddings :obj:`z` :obj:`[N, d]` (graph id per node in
+        :obj:`batch`)."""
+        if z.dim() != 2 or z.size(-1) != self.embedding_channels:
+            raise ValueError(f"Expected embeddings of shape [num_nodes, "
+                             f"{self.embedding_channels}] (got {tuple(z.shape)})")
+        zd, mask = to_dense_batch(z, batch)
+        return pair_logits(zd, self.temperature), mask
+
+    def decode(self, z: Tensor, batch: Optional[Tensor] = None
+               ) -> Tuple[Tensor, Tensor]:
+        r"""Edge probabilities :math:`\hat{A}` :obj:`[B, n, n]` (eq. 6) and the
+        node mask :obj:`[B, n]`."""
+        logits, mask = self.decode_logits(z, batch)
+        return torch.sigmoid(logits), mask
+
+    def to_graphs(self, z: Tensor, batch: Optional[Tensor] = None,
+                  threshold: float = 0.5) -> Batch:
+        r"""Decodes embeddings into a :class:`~torch_geometric.data.Batch` of
+        undirected graphs without self-loops: edge :math:`(i, j)` exists iff
+        :math:`\hat{A}_{ij} > \mathrm{threshold}`."""
+        logits, mask = self.decode_logits(z, batch)
+        thr = math.log(threshold / (1 - threshold))  # threshold on logits
+        adj = (logits > thr) & pair_mask(mask)
+        return dense_to_batch(adj | adj.transpose(1, 2), mask, x=z)
+
+    # ------------------------------------------------------------ objectives
+    def loss(self, data, z: Optional[Tensor] = None) -> Tuple[Tensor, int]:
+        r"""Summed binary cross-entropy (eq. 5) over the unordered node pairs
+        of all graphs in :obj:`data` and the number of nodes (divide for
+        Table 3's BCE per node).  Encodes :obj:`data` unless :obj:`z` given."""
+        edge_index, batch, num_nodes = self._unpack(data)
+        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
+        zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
+        logits = pair_logits(zd, self.temperature)
+        pairs = pair_mask(mask)
+        bce = F.binary_cross_entropy_with_logits(logits[pairs], adj[pairs].to(logits.dtype),
+                                                 reduction='sum')
+        return bce, int(mask.sum())
+
+    @torch.no_grad()
+    def incorrect_edges(self, data, z: Optional[Tensor] = None) -> int:
+        r"""Number of unordered node pairs whose thresholded reconstruction
+        (:math:`\hat{A}_{ij} > 0.5`) differs from the adjacency, summed over
+        the graphs of :obj:`data` (Table 3)."""
+        edge_index, batch, num_nodes = self._unpack(data)
+        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
+        zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
+        pred = pair_logits(zd, self.temperature) > 0
+        return int(((pred != adj) & pair_mask(mask)).sum())
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(embedding={self.embedding_channels}, '
+                f'hidden={self.hidden_channels}, layers={self.num_layers}, '
+                f'heads={self.heads}, C={self.temperature}, '
+                f'attention={self.attention})')
+
+
+def dense_to_batch(adj: Tensor, mask: Tensor, x: Optional[Tensor] = None) -> Batch:
+    r"""A :class:`~torch_geometric.data.Batch` from padded adjacencies
+    :obj:`[B, n, n]` and node masks :obj:`[B, n]` (nodes of a graph first,
+    as :func:`~torch_geometric.utils.to_dense_batch` lays them out), with
+    optional node features :obj:`x` :obj:`[N, F]` in the same node order."""
+    counts = mask.sum(-1)
+    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    b, i, j = adj.nonzero(as_tuple=True)
+    edge_index = torch.stack([i, j]) + ptr[b]
+    # nonzero() lists edges graph by graph, so each graph's edges are a slice.
+    edge_counts = torch.bincount(b, minlength=mask.size(0))
+    data_list = []
+    offsets = torch.cat([edge_counts.new_zeros(1), edge_counts.cumsum(0)]).tolist()
+    for g, c in enumerate(counts.tolist()):  # only assembles Data objects
+        ei = edge_index[:, offsets[g]:offsets[g + 1]] - int(ptr[g])
+        data = Data(edge_index=ei, num_nodes=int(c))
+        if x is not None:
+            data.x = x[int(ptr[g]):int(ptr[g]) + int(c)]
+        data_list.append(data)
+    return Batch.from_data_list(data_list)
