@@ -365,6 +365,65 @@ def test_saves_no_edge_sized_tensor(edge):
     assert max(ref_sizes) >= E * H * C
 
 
+@needs_ext
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_backward_allocates_no_edge_sized_scratch(dtype):
+    # The CPU backward recomputes every edge's weight and score gradient in
+    # its source-parallel pass: besides its outputs it allocates only
+    # [num_dst, H] buffers, never an [E, *] scratch tensor.
+    from torch_geometric_gnf.ops.csr import csr_src_row
+    ops = torch.ops.torch_geometric_gnf
+    N, E, H, C = 20, 20000, 2, 3
+    gen = torch.Generator().manual_seed(0)
+    ei = torch.randint(0, N, (2, E), generator=gen)
+    x, a_s, a_d, _ = make_inputs(N, N, E, H, C, dtype)
+    csr = build_csr(ei, N, N)
+    for p in (0.0, 0.3):
+        out, lse = ops.gat_attention_forward(x, a_s, a_d, None, csr.rowptr,
+                                             csr.col, csr.perm, 0.2, p, 5)
+        g = torch.randn(out.shape, generator=gen, dtype=dtype)
+        with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU],
+                profile_memory=True) as prof:
+            grads = ops.gat_attention_backward(
+                g, x, a_s, a_d, None, out, lse, csr.rowptr, csr.col,
+                csr.perm, csr.src_rowptr, csr.src_slot, csr_src_row(csr),
+                0.2, p, 5)
+        assert grads[0].shape == x.shape
+        sizes = [ev.cpu_memory_usage for ev in prof.events()
+                 if ev.name.startswith('aten::')]
+        assert sizes, 'the profiler recorded no allocation'
+        assert max(sizes) < E * H * x.element_size(), sizes
+
+
+@needs_ext
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('edge', [False, True])
+@pytest.mark.parametrize('dropout', [0.0, 0.3, 1.0])
+def test_backward_recompute_matches_reference(monkeypatch, dtype, edge,
+                                              dropout):
+    # Both backward passes recompute scores, weights and dropout bits; with
+    # and without alpha_edge, with and without dropout, several threads.
+    ei = awkward_graph(200, 150, 2500, seed=5)
+    inputs = make_inputs(200, 150, ei.size(1), 3, 19, dtype, edge=edge,
+                         scale=2.0)
+    csr = build_csr(ei, 200, 150)
+
+    def run():
+        return outputs_and_grads(
+            lambda x, s, d, e: fused_gat_attention(
+                x, s, d, csr, e, dropout=dropout, seed=11), inputs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ext = run()
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
+    ref = run()
+    assert_close_all(ext, ref, dtype)
+
+
 # --------------------------------------------------------------------------
 # Attention weights on demand
 # --------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 // forward: parallel over destination nodes, two passes over the incoming
 //   edges of a node (row max of the scores, then exp / sum / weighted sum of
 //   x[j] into a per-thread accumulator); no atomics, no per-edge storage.
-// backward, pass 1 (parallel over destinations): D_i = <g_i, out_i>, the
-//   score gradient of each edge, grad alpha_dst and grad alpha_edge; it
-//   writes the edge weight a*k and the score gradient into a transient
-//   [E, 2H] scratch buffer (freed on return, never saved for backward).
-// backward, pass 2 (parallel over sources, by-source CSR): grad x_j =
-//   sum a*k * g_i and grad alpha_src_j = sum of score gradients; no atomics.
+// backward, pass 1 (parallel over destinations): D_i = <g_i, out_i> into a
+//   transient [num_dst, H] buffer, the score gradient of each edge, grad
+//   alpha_dst and grad alpha_edge.
+// backward, pass 2 (parallel over sources, by-source CSR): recomputes each
+//   edge's score, weight a*k, dropout bit and score gradient
+//   a * (k <g_i, x_j> - D_i), then grad x_j = sum a*k * g_i and
+//   grad alpha_src_j = sum of score gradients; no atomics and no per-edge
+//   scratch (only O(N*H) buffers besides the outputs).
 // Inner loops run over the C channels of one head (contiguous [N, H, C]).
 
 #include "cpu/gat_attention_cpu.h"
@@ -180,8 +182,19 @@ void forward_kernel(const scalar_t* x, const scalar_t* a_src,
   });
 }
 
-// Pass 1 of the backward, parallel over destinations. scratch[s, 0:H] gets
-// the weight a*k of slot s, scratch[s, H:2H] its score gradient.
+// Pre-activation score alpha_src[j,h] + alpha_dst[i,h] (+ alpha_edge[e,h]) of
+// one edge. Both backward passes call this (in the forward's order of
+// additions), so they see bit-identical scores.
+template <typename acc_t, typename scalar_t>
+inline acc_t edge_raw(const scalar_t* as, const scalar_t* ad,
+                      const scalar_t* ae, int64_t h) {
+  acc_t raw = static_cast<acc_t>(as[h]) + static_cast<acc_t>(ad[h]);
+  if (ae) raw += static_cast<acc_t>(ae[h]);
+  return raw;
+}
+
+// Pass 1 of the backward, parallel over destinations: D_i = <g_i, out_i>
+// (kept, [num_dst, H]), grad alpha_dst and grad alpha_edge.
 template <typename scalar_t, typename index_t>
 void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
                          const scalar_t* a_src, const scalar_t* a_dst,
@@ -189,7 +202,7 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
                          const scalar_t* lse, const int64_t* rowptr,
                          const index_t* col, const int64_t* perm,
                          scalar_t* grad_a_dst, scalar_t* grad_a_edge,
-                         at::opmath_type<scalar_t>* scratch, int64_t num_dst,
+                         at::opmath_type<scalar_t>* D_out, int64_t num_dst,
                          int64_t H, int64_t C, double slope_d,
                          const DropoutParams& drop) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -197,11 +210,12 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
   const acc_t scale = static_cast<acc_t>(drop.scale);
   const int64_t HC = H * C;
   parallel_over_nodes(rowptr, num_dst, HC, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> D(H), g_dst(H);
+    std::vector<acc_t> g_dst(H);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r0 = rowptr[i], r1 = rowptr[i + 1];
       const scalar_t* g_i = grad_out + i * HC;
       const scalar_t* ad = a_dst + i * H;
+      acc_t* D = D_out + i * H;
       for (int64_t h = 0; h < H; ++h) {
         D[h] = r0 == r1 ? acc_t(0)
                         : dot<acc_t>(g_i + h * C, out + i * HC + h * C, C);
@@ -216,10 +230,8 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
         const scalar_t* as = a_src + j * H;
         const scalar_t* ae = a_edge ? a_edge + e * H : nullptr;
         const scalar_t* xj = x + j * HC;
-        acc_t* sc = scratch + s * 2 * H;
         for (int64_t h = 0; h < H; ++h) {
-          acc_t raw = static_cast<acc_t>(as[h]) + static_cast<acc_t>(ad[h]);
-          if (ae) raw += static_cast<acc_t>(ae[h]);
+          const acc_t raw = edge_raw<acc_t>(as, ad, ae, h);
           const acc_t a = std::exp(gat_leaky_relu(raw, slope) -
                                    static_cast<acc_t>(lse[i * H + h]));
           acc_t k = 1;
@@ -231,8 +243,6 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
                             : acc_t(0);
           const acc_t g_raw = gat_grad_raw(a, k, gx, D[h], raw, slope);
           g_dst[h] += g_raw;
-          sc[h] = a * k;
-          sc[H + h] = g_raw;
           if (grad_a_edge) grad_a_edge[e * H + h] = static_cast<scalar_t>(g_raw);
         }
       }
@@ -242,15 +252,26 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
   });
 }
 
-// Pass 2 of the backward, parallel over sources (by-source CSR).
+// Pass 2 of the backward, parallel over sources (by-source CSR). For each
+// incoming position k (slot s = src_slot[k], destination i = src_row[k],
+// edge e = perm[s]) it recomputes the weight a*k and the score gradient from
+// the inputs, lse_i and D_i (one extra C-length dot per edge/head), so no
+// per-edge state is carried over from pass 1. (Reading the score gradient
+// back from grad_alpha_edge instead of the dot measured no faster: it is one
+// more random gather per edge.)
 template <typename scalar_t, typename index_t>
-void backward_src_kernel(const scalar_t* grad_out,
-                         const at::opmath_type<scalar_t>* scratch,
+void backward_src_kernel(const scalar_t* grad_out, const scalar_t* x,
+                         const scalar_t* a_src, const scalar_t* a_dst,
+                         const scalar_t* a_edge, const scalar_t* lse,
+                         const at::opmath_type<scalar_t>* D_in,
+                         const int64_t* perm,
                          const int64_t* src_rowptr, const int64_t* src_slot,
                          const index_t* src_row, scalar_t* grad_x,
                          scalar_t* grad_a_src, int64_t num_src, int64_t H,
-                         int64_t C) {
+                         int64_t C, double slope_d, const DropoutParams& drop) {
   using acc_t = at::opmath_type<scalar_t>;
+  const acc_t slope = static_cast<acc_t>(slope_d);
+  const acc_t scale = static_cast<acc_t>(drop.scale);
   const int64_t HC = H * C;
   parallel_over_nodes(src_rowptr, num_src, HC,
                       [&](int64_t begin, int64_t end) {
@@ -258,17 +279,43 @@ void backward_src_kernel(const scalar_t* grad_out,
     for (int64_t j = begin; j < end; ++j) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
       std::fill(g_src.begin(), g_src.end(), acc_t(0));
+      const scalar_t* as = a_src + j * H;
+      const scalar_t* xj = x + j * HC;
       const int64_t k1 = src_rowptr[j + 1];
       for (int64_t k = src_rowptr[j]; k < k1; ++k) {
-        if (k + kPrefetchAhead < k1)
+        if (k + kPrefetchAhead < k1) {
           prefetch_row(
               grad_out + static_cast<int64_t>(src_row[k + kPrefetchAhead]) * HC,
               HC * static_cast<int64_t>(sizeof(scalar_t)));
-        const acc_t* sc = scratch + src_slot[k] * 2 * H;
-        const scalar_t* g_i = grad_out + static_cast<int64_t>(src_row[k]) * HC;
+          // the edge id is two dependent gathers away: fetch perm a further
+          // step ahead, then the alpha_edge row of an edge whose id is in.
+          if (k + 2 * kPrefetchAhead < k1)
+            prefetch_row(perm + src_slot[k + 2 * kPrefetchAhead],
+                         static_cast<int64_t>(sizeof(int64_t)));
+          if (a_edge)
+            prefetch_row(a_edge + perm[src_slot[k + kPrefetchAhead]] * H,
+                         H * static_cast<int64_t>(sizeof(scalar_t)));
+        }
+        const int64_t i = static_cast<int64_t>(src_row[k]);
+        const int64_t e = perm[src_slot[k]];
+        const scalar_t* ad = a_dst + i * H;
+        const scalar_t* ae = a_edge ? a_edge + e * H : nullptr;
+        const scalar_t* g_i = grad_out + i * HC;
+        const acc_t* D = D_in + i * H;
         for (int64_t h = 0; h < H; ++h) {
-          g_src[h] += sc[H + h];
-          if (sc[h] != acc_t(0)) axpy(acc.data() + h * C, sc[h], g_i + h * C, C);
+          const acc_t raw = edge_raw<acc_t>(as, ad, ae, h);
+          const acc_t a = std::exp(gat_leaky_relu(raw, slope) -
+                                   static_cast<acc_t>(lse[i * H + h]));
+          acc_t kk = 1;
+          if (drop.active)
+            kk = gat_keep(drop.key, e, H, h, drop.threshold) ? scale
+                                                             : acc_t(0);
+          const acc_t gx =
+              kk != acc_t(0) ? dot<acc_t>(g_i + h * C, xj + h * C, C)
+                             : acc_t(0);
+          g_src[h] += gat_grad_raw(a, kk, gx, D[h], raw, slope);
+          const acc_t w = a * kk;
+          if (w != acc_t(0)) axpy(acc.data() + h * C, w, g_i + h * C, C);
         }
       }
       for (int64_t f = 0; f < HC; ++f)
@@ -348,7 +395,7 @@ gat_attention_backward_cpu(
   at::Tensor alpha_edge;
   if (alpha_edge_in.has_value()) alpha_edge = alpha_edge_in->contiguous();
   const int64_t num_src = x.size(0), num_dst = alpha_dst.size(0);
-  const int64_t H = x.size(1), C = x.size(2), E = col.size(0);
+  const int64_t H = x.size(1), C = x.size(2);
   auto grad_x = at::empty_like(x);
   auto grad_alpha_src = at::empty_like(alpha_src);
   auto grad_alpha_dst = at::empty_like(alpha_dst);
@@ -357,26 +404,29 @@ gat_attention_backward_cpu(
   const DropoutParams drop = make_dropout(dropout, seed);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gat_attention_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // Transient per-edge scratch (weight, score gradient): lives only
-    // during this call.
-    auto scratch = at::empty({E, 2 * H},
-                             x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    // D_i = <g_i, out_i> per destination and head: the only scratch, O(N*H).
+    auto D = at::empty({num_dst, H},
+                       x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    const scalar_t* a_edge_p =
+        alpha_edge.defined() ? alpha_edge.data_ptr<scalar_t>() : nullptr;
+    scalar_t* g_edge_p =
+        alpha_edge.defined() ? grad_alpha_edge.data_ptr<scalar_t>() : nullptr;
     AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "gat_attention_backward_cpu", [&] {
       backward_dst_kernel<scalar_t, index_t>(
           grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
           alpha_src.data_ptr<scalar_t>(), alpha_dst.data_ptr<scalar_t>(),
-          alpha_edge.defined() ? alpha_edge.data_ptr<scalar_t>() : nullptr,
-          out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+          a_edge_p, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
           rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
           perm.data_ptr<int64_t>(), grad_alpha_dst.data_ptr<scalar_t>(),
-          alpha_edge.defined() ? grad_alpha_edge.data_ptr<scalar_t>()
-                               : nullptr,
-          scratch.data_ptr<acc_t>(), num_dst, H, C, negative_slope, drop);
+          g_edge_p, D.data_ptr<acc_t>(), num_dst, H, C, negative_slope, drop);
       backward_src_kernel<scalar_t, index_t>(
-          grad_out.data_ptr<scalar_t>(), scratch.data_ptr<acc_t>(),
-          src_rowptr.data_ptr<int64_t>(), src_slot.data_ptr<int64_t>(),
-          src_row.data_ptr<index_t>(), grad_x.data_ptr<scalar_t>(),
-          grad_alpha_src.data_ptr<scalar_t>(), num_src, H, C);
+          grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+          alpha_src.data_ptr<scalar_t>(), alpha_dst.data_ptr<scalar_t>(),
+          a_edge_p, lse.data_ptr<scalar_t>(), D.data_ptr<acc_t>(),
+          perm.data_ptr<int64_t>(), src_rowptr.data_ptr<int64_t>(),
+          src_slot.data_ptr<int64_t>(), src_row.data_ptr<index_t>(),
+          grad_x.data_ptr<scalar_t>(), grad_alpha_src.data_ptr<scalar_t>(),
+          num_src, H, C, negative_slope, drop);
     });
   });
   return {grad_x, grad_alpha_src, grad_alpha_dst, grad_alpha_edge};
