@@ -49,18 +49,22 @@ def test_models_match_the_paper_description(bench):
 
 
 def test_tiny_benchmark_runs(bench, tmp_path):
-    # Two fresh processes (GNN and GNF at K = 10) keep this test short; the
-    # flat-in-depth property is covered in test_models_rev_gat.py.
+    # Four fresh processes (GNN and GNF at K = 2 and 10). Growth between the
+    # depths is compared, not absolute peaks: a constant per-process overhead
+    # (allocator arenas, lazily loaded kernels) cancels out of the difference.
     md, png = str(tmp_path / 'pubmed.md'), str(tmp_path / 'pubmed.png')
-    results = bench.main(['--nodes', '3000', '--edges', '12000', '--dim', '64',
-                          '--hidden', '96', '--depths', '10',
+    results = bench.main(['--nodes', '20000', '--edges', '80000', '--dim', '64',
+                          '--hidden', '96', '--depths', '2', '10',
                           '--markdown', md, '--plot', png])
-    gnn, gnf = results[('gnn', 10)]['peak_mb'], results[('gnf', 10)]['peak_mb']
-    # The GNN stores ~10 x N x (d + 2 h) activations, the GNF about one step's.
-    assert gnn > 2 * gnf > 0, results
+    grow = {m: results[(m, 10)]['activation_mb'] - results[(m, 2)]['activation_mb']
+            for m in ('gnn', 'gnf')}
+    # The GNN stores ~K x N x (d + 2 h) activations (8 more steps: ~160 MB
+    # here), the GNF about one step's whatever K.
+    assert grow['gnn'] > 60.0, results
+    assert grow['gnn'] > 4 * max(grow['gnf'], 1.0), results
     assert results[('gnf', 10)]['activation_mb'] < results[('gnf', 10)]['peak_mb']
     text = open(md).read()
-    assert '| 10 |' in text and 'measured ratio' in text
+    assert '| 2 |' in text and '| 10 |' in text and 'measured ratio' in text
     assert osp.getsize(png) > 1000
 
 
