@@ -2,9 +2,18 @@ r"""Reversible message passing layers and graph normalizing flows."""
 from .reversible_message_passing import ReversibleMessagePassing
 from .graph_affine_coupling import GraphAffineCoupling
 from .graph_normalizing_flow import GraphNormalizingFlow
+from .dense_attention import DenseSelfAttention
+from .fused_gat_conv import FusedGATConv
+from .to_fused import to_fused
+from .convert_to_reversible import ReversibleGATStack, convert_to_reversible
 
 __all__ = [
     'ReversibleMessagePassing',
     'GraphAffineCoupling',
     'GraphNormalizingFlow',
+    'DenseSelfAttention',
+    'FusedGATConv',
+    'to_fused',
+    'convert_to_reversible',
+    'ReversibleGATStack',
 ]
