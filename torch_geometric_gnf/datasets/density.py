@@ -88,6 +88,9 @@ class PointSetDataset(InMemoryDataset):
         # Rotating the centres by 2 pi / k permutes them, which the sum over
         # node orders already covers: integrate the angle over [0, 2 pi / k).
         self.rotation_symmetry = int(rotation_symmetry)
+        # No root, download() or process(): the sets are generated in memory
+        # and PyG then writes no processed/ files (with a root of None it
+        # would otherwise create a folder named '???' in the working dir).
         super().__init__(root=None, log=False)
         self._sets = self.generate(num_examples, seed)
         data_list = [Data(x=s) for s in self._sets]
@@ -217,12 +220,6 @@ class PointSetDataset(InMemoryDataset):
     @property
     def processed_file_names(self) -> List[str]:
         return []
-
-    def download(self):
-        pass
-
-    def process(self):
-        pass
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({len(self)}, '
