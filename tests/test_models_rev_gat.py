@@ -162,3 +162,28 @@ def test_memory_does_not_grow_with_depth():
     # stack of the same depth keeps every step's attention tensors.
     assert mb['True-8'] < 1.3 * mb['True-2'] + 1.0, mb
     assert mb['False-8'] > 3 * mb['True-8'], mb
+
+
+def test_memory_saving_head_keeps_no_activation_copies():
+    # With memory saving the head's LayerNorm -> ReLU -> dropout runs under
+    # ops.recompute: its normalised and activated features are not saved.
+    def saved_hidden_sized(model, x, edge_index):
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x, edge_index)
+        return sum(s == (x.size(0), 16) for s in shapes)
+
+    torch.manual_seed(0)
+    x, edge_index = torch.randn(30, 6), torch.randint(0, 30, (2, 90))
+    counts = {}
+    for saving in (False, True):
+        torch.manual_seed(1)
+        model = RevGAT(6, 16, 3, num_layers=2, heads=2, dropout=0.3,
+                       memory_saving=saving, conv_cls=GATConv).train()
+        counts[saving] = saved_hidden_sized(model, x, edge_index)
+    assert counts[True] + 2 <= counts[False], counts

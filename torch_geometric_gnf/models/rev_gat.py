@@ -7,6 +7,7 @@ from torch_geometric.nn import GATConv
 from torch_geometric.nn.inits import reset
 
 from torch_geometric_gnf.nn import ReversibleMessagePassing
+from torch_geometric_gnf.ops import recompute
 
 from .grevnet import MessagePassingStep, ResidualStep, feature_dropout
 
@@ -123,6 +124,7 @@ class RevGAT(torch.nn.Module):
         self.input_dropout = input_dropout
         self.edge_dim = edge_dim
         self.reversible = reversible
+        self.memory_saving = memory_saving
         conv_cls = default_gat_conv() if conv_cls is None else conv_cls
         self.conv_cls = conv_cls
 
@@ -172,10 +174,20 @@ class RevGAT(torch.nn.Module):
         h = self.input_conv(x, edge_index, **kwargs)
         for block in self.blocks:
             h = block(h, edge_index, **kwargs)
+        if self.memory_saving:
+            # Keep no copy of the head's normalised / activated features:
+            # only its input is stored, the rest is re-run (same dropout mask)
+            # in backward.
+            params = self.norm.parameters() if self.norm is not None else ()
+            h = recompute(self._head_activation, h, params=params)
+        else:
+            h = self._head_activation(h)
+        return self.output_conv(h, edge_index, **kwargs)
+
+    def _head_activation(self, h: Tensor) -> Tensor:
         if self.norm is not None:
             h = self.norm(h)
-        h = feature_dropout(F.relu(h), self.dropout, self.training)
-        return self.output_conv(h, edge_index, **kwargs)
+        return feature_dropout(F.relu(h), self.dropout, self.training)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
