@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/memory_vs_depth.py --markdown benchmarks/results/memory_vs_depth_cpu.md
 	$(PY) benchmarks/plot_memory_vs_depth.py benchmarks/results/memory_vs_depth_cpu.md \
 		benchmarks/results/memory_vs_depth_cpu.png
+	$(PY) benchmarks/fused_gat.py --graphs 100k arxiv 10M --threads 2 --repeats 3 \
+		--markdown benchmarks/results/fused_gat_cpu.md --plot benchmarks/results/fused_gat_cpu.png
 
 clean:
 	rm -rf build *.egg-info torch_geometric_gnf/_C*.so $(VENV)
