@@ -1,7 +1,5 @@
 r"""A drop-in replacement for PyG's :class:`~torch_geometric.nn.GATConv`
 whose attention aggregation runs as one fused, memory-lean op."""
-import weakref
-from collections import OrderedDict
 from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -15,9 +13,11 @@ from torch_geometric.utils import (add_self_loops, is_torch_sparse_tensor,
                                    remove_self_loops, to_edge_index,
                                    to_torch_coo_tensor, to_torch_csc_tensor)
 
-from torch_geometric_gnf.ops import (CSRGraph, build_csr,
-                                     dropout_keep_mask, fused_gat_attention,
+from torch_geometric_gnf.ops import (CSRGraph, build_csr, cached_csr,
+                                     clear_csr_cache, dropout_keep_mask,
+                                     fused_gat_attention,
                                      gat_attention_weights)
+from torch_geometric_gnf.ops.gat_attention import draw_dropout_seed
 from torch_geometric_gnf.utils import check_node_features, input_checks_enabled
 
 
@@ -34,29 +34,10 @@ class _Graph(NamedTuple):
 
 
 # CSR graphs of dense edge_index tensors (self-looped as GATConv does, or as
-# given), keyed on the input tensor's identity through a weak reference, with
-# its version counter catching in-place edits (as ``ops.cached_csr`` does).
-# Layers of a deep stack called on the same graph share one CSR instead of
+# given) live in ``ops.cached_csr``'s cache under their own variant key:
+# layers of a deep stack called on the same graph share one CSR instead of
 # sorting E edges each. Only the CSR is kept, with int32 node indices when
 # they fit: the looped edge_index is rebuilt on demand (attention weights).
-_CSR_CACHE_SIZE = 8
-_csr_cache: 'OrderedDict[Tuple, Tuple[weakref.ref, CSRGraph]]' = OrderedDict()
-
-
-def _csr_key(edge_index: Tensor, num_src: int, num_dst: int,
-             loops: Optional[int]) -> Tuple:
-    return (id(edge_index), edge_index.data_ptr(), edge_index._version,
-            tuple(edge_index.shape), tuple(edge_index.stride()),
-            edge_index.dtype, str(edge_index.device), int(num_src),
-            int(num_dst), loops)
-
-
-def _forget(key: Tuple):
-    def callback(ref: weakref.ref) -> None:  # edge_index was freed
-        hit = _csr_cache.get(key)
-        if hit is not None and hit[0] is ref:
-            del _csr_cache[key]
-    return callback
 
 
 def _looped_edge_index(edge_index: Tensor, loops: int,
@@ -75,40 +56,31 @@ def _dense_csr(edge_index: Tensor, num_src: int, num_dst: int,
                loops: Optional[int]) -> CSRGraph:
     r"""The (cached) CSR of :obj:`edge_index`, self-looped for :obj:`loops`
     nodes unless :obj:`loops` is :obj:`None`."""
-    key = _csr_key(edge_index, num_src, num_dst, loops)
-    hit = _csr_cache.get(key)
-    if hit is not None and hit[0]() is edge_index:
-        _csr_cache.move_to_end(key)
-        return hit[1]
-    # Range check once per graph (a cache hit was checked when built).
-    if input_checks_enabled() and edge_index.numel() > 0:
-        for row, name, n in ((0, 'source', num_src), (1, 'target', num_dst)):
-            lo, hi = int(edge_index[row].min()), int(edge_index[row].max())
-            if lo < 0 or hi >= n:
-                raise ValueError(f"'edge_index' contains out-of-range {name} "
-                                 f"indices (found range [{lo}, {hi}], but there "
-                                 f"are {n} {name} nodes)")
-    # int32 indices halve the CSR's index memory; the kernels take both.
-    small = max(num_src, num_dst) < 2**31
-    dtype = torch.int32 if small else torch.int64
-    graph = edge_index.to(dtype) if loops is None else \
-        _looped_edge_index(edge_index, loops, dtype)
-    csr = build_csr(graph, num_src, num_dst)
-    del graph
-    # Drop entries of freed tensors and of this tensor before an in-place
-    # edit, so no outdated CSR stays alive.
-    for k in [k for k, (ref, _) in _csr_cache.items() if ref() is None or
-              (ref() is edge_index and k[2] != edge_index._version)]:
-        del _csr_cache[k]
-    _csr_cache[key] = (weakref.ref(edge_index, _forget(key)), csr)
-    while len(_csr_cache) > _CSR_CACHE_SIZE:
-        _csr_cache.popitem(last=False)
-    return csr
+    def build() -> CSRGraph:
+        # Range check once per graph (a cache hit was checked when built).
+        if input_checks_enabled() and edge_index.numel() > 0:
+            for row, name, n in ((0, 'source', num_src), (1, 'target', num_dst)):
+                lo, hi = int(edge_index[row].min()), int(edge_index[row].max())
+                if lo < 0 or hi >= n:
+                    raise ValueError(
+                        f"'edge_index' contains out-of-range {name} indices "
+                        f"(found range [{lo}, {hi}], but there are {n} "
+                        f"{name} nodes)")
+        # int32 indices halve the CSR's index memory; the kernels take both.
+        small = max(num_src, num_dst) < 2**31
+        dtype = torch.int32 if small else torch.int64
+        graph = edge_index.to(dtype) if loops is None else \
+            _looped_edge_index(edge_index, loops, dtype)
+        return build_csr(graph, num_src, num_dst)
+
+    return cached_csr(edge_index, num_src, num_dst,
+                      variant=('FusedGATConv', loops), build=build)
 
 
 def clear_graph_cache() -> None:
-    r"""Forgets the CSR graphs remembered by :class:`FusedGATConv`."""
-    _csr_cache.clear()
+    r"""Forgets the CSR graphs remembered by :class:`FusedGATConv` (and every
+    other :func:`~torch_geometric_gnf.ops.cached_csr` entry)."""
+    clear_csr_cache()
 
 
 def _with_values(adj: Tensor, values: Tensor) -> Tensor:
@@ -123,14 +95,6 @@ def _with_values(adj: Tensor, values: Tensor) -> Tensor:
                                        values, size)
     return torch.sparse_csc_tensor(adj.ccol_indices(), adj.row_indices(),
                                    values, size)
-
-
-def _draw_seed(device: torch.device) -> int:
-    # From the default generator of the features' device: a recorded and
-    # replayed RNG state (reversible backward) redraws the same seed, hence
-    # the same attention dropout mask.
-    return int(torch.randint(-2**63, 2**63 - 1, (1, ), dtype=torch.long,
-                             device=device).item())
 
 
 class FusedGATConv(MessagePassing):
@@ -393,7 +357,7 @@ class FusedGATConv(MessagePassing):
         alpha_edge = self._edge_logits(graph.edge_attr, graph.csr.num_edges)
 
         p = float(self.dropout) if self.training else 0.0
-        seed = _draw_seed(device) if p > 0 else None
+        seed = draw_dropout_seed(device) if p > 0 else None
         out = fused_gat_attention(h_src, alpha_src, alpha_dst, graph.csr,
                                   alpha_edge, negative_slope=self.negative_slope,
                                   dropout=p, training=self.training, seed=seed)

@@ -9,7 +9,7 @@ features is a gather, again without atomics). Build it once per graph with
 """
 import weakref
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, Hashable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -156,21 +156,35 @@ def _forget(key: Tuple):
     return callback
 
 
-def cached_csr(edge_index: Tensor, num_src: int, num_dst: int) -> CSRGraph:
+def cached_csr(edge_index: Tensor, num_src: int, num_dst: int, *,
+               variant: Hashable = None,
+               build: Optional[Callable[[], CSRGraph]] = None) -> CSRGraph:
     r"""Like :func:`build_csr`, but remembers the result for the last few
     :obj:`edge_index` tensors (by identity, in-place version, shape, sizes
     and device), so a layer called repeatedly on the same graph builds its
-    CSR once. Entries are dropped when their :obj:`edge_index` is freed."""
+    CSR once. Entries are dropped when their :obj:`edge_index` is freed or
+    edited in place.
+
+    A caller that caches a graph *derived* from :obj:`edge_index` (e.g. with
+    self-loops added) names it by :obj:`variant` and builds it with
+    :obj:`build()` on a miss (default: :obj:`build_csr(edge_index, num_src,
+    num_dst)`)."""
+    if build is None:
+        def build() -> CSRGraph:
+            return build_csr(edge_index, num_src, num_dst)
     if not isinstance(edge_index, Tensor) or \
             edge_index.layout != torch.strided:
-        return build_csr(edge_index, num_src, num_dst)
-    key = _cache_key(edge_index, num_src, num_dst)
+        return build()
+    key = _cache_key(edge_index, num_src, num_dst) + (variant, )
     hit = _cache.get(key)
     if hit is not None and hit[0]() is edge_index:
         _cache.move_to_end(key)
         return hit[1]
-    csr = build_csr(edge_index, num_src, num_dst)
-    for k in [k for k, (ref, _) in _cache.items() if ref() is None]:
+    csr = build()
+    # Drop entries of freed tensors and of this tensor before an in-place
+    # edit, so no outdated CSR stays alive.
+    for k in [k for k, (ref, _) in _cache.items() if ref() is None or
+              (ref() is edge_index and k[2] != edge_index._version)]:
         del _cache[k]
     _cache[key] = (weakref.ref(edge_index, _forget(key)), csr)
     while len(_cache) > _CACHE_SIZE:

@@ -80,9 +80,10 @@ def dropout_keep_mask(seed: int, num_edges: int, heads: int, p: float,
     return (r >= _keep_threshold(p)).view(num_edges, heads)
 
 
-def _draw_seed(device: torch.device) -> int:
-    # From the default generator of the input's device, so that a recorded
-    # and replayed RNG state (reversible backward) regenerates the same seed.
+def draw_dropout_seed(device: torch.device) -> int:
+    r"""A dropout seed from the default generator of :obj:`device`, so that
+    a recorded and replayed RNG state (reversible backward) regenerates the
+    same seed, hence the same attention dropout mask."""
     return int(torch.randint(-2**63, 2**63 - 1, (1, ), dtype=torch.long,
                              device=device).item())
 
@@ -264,7 +265,7 @@ def _prepare(x, alpha_src, alpha_dst, csr, alpha_edge, negative_slope,
               dropout)
     p = dropout if training else 0.0
     if p > 0:
-        seed = _draw_seed(x.device) if seed is None else normalize_seed(seed)
+        seed = draw_dropout_seed(x.device) if seed is None else normalize_seed(seed)
     else:
         seed = 0
     alpha_edge = None if alpha_edge is None else alpha_edge.contiguous()
