@@ -56,6 +56,7 @@ from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.models.rev_gat import default_gat_conv
 from torch_geometric_gnf.utils.training import (append_jsonl, format_memory,
                                                 load_checkpoint, peak_memory,
+                                                ogb_example_parser,
                                                 reset_peak_memory,
                                                 resolve_device, save_checkpoint)
 
@@ -64,33 +65,17 @@ EPSILON = 1 - math.log(2)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--root', default='data/ogb', help='folder holding ogbn_arxiv/')
-    p.add_argument('--device', default='auto', help='cpu, cuda, cuda:i or auto')
-    p.add_argument('--epochs', type=int, default=2000)
-    p.add_argument('--checkpoint', default=None,
-                   help='save here after every epoch; resume from it if it exists')
-    p.add_argument('--log', default=None, help='per-epoch JSON lines log')
-    p.add_argument('--results', default=None, help='write the final results (JSON) here')
+    p = ogb_example_parser(
+        __doc__.split('\n')[0], 'ogbn_arxiv', epochs=2000, hidden=768,
+        hidden_help='total width (heads x 256)', heads=3,
+        layers=3, dropout=0.75, lr=0.002)
     p.add_argument('--plot', default=None, help='learning curves (PNG)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--hidden', type=int, default=768, help='total width (heads x 256)')
-    p.add_argument('--heads', type=int, default=3)
-    p.add_argument('--layers', type=int, default=3, help='reversible steps')
-    p.add_argument('--dropout', type=float, default=0.75)
     p.add_argument('--input-dropout', type=float, default=0.25)
-    p.add_argument('--attention-dropout', type=float, default=0.0)
     p.add_argument('--edge-drop', type=float, default=0.3)
-    p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--warmup', type=int, default=50, help='linear lr warm-up epochs')
     p.add_argument('--no-labels', action='store_true', help='disable label reuse')
     p.add_argument('--mask-rate', type=float, default=0.5)
     p.add_argument('--label-iters', type=int, default=1)
-    p.add_argument('--no-memory-saving', action='store_true')
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    p.add_argument('--synthetic', type=int, default=None, metavar='NUM_NODES',
-                   help='write a synthetic graph in OGB format first (if absent)')
     p.add_argument('--synthetic-edges', type=int, default=None)
     args = p.parse_args(argv)
     for name in ('epochs', 'hidden', 'heads', 'layers'):

@@ -37,6 +37,7 @@ from torch_geometric_gnf.datasets import (load_node_prop_pred_dataset,
 from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.utils.training import (append_jsonl, format_memory,
                                                 load_checkpoint, peak_memory,
+                                                ogb_example_parser,
                                                 reset_peak_memory,
                                                 resolve_device, save_checkpoint)
 
@@ -44,29 +45,12 @@ NAME = 'ogbn-proteins'
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--root', default='data/ogb', help='folder holding ogbn_proteins/')
-    p.add_argument('--device', default='auto', help='cpu, cuda, cuda:i or auto')
-    p.add_argument('--epochs', type=int, default=500)
-    p.add_argument('--checkpoint', default=None,
-                   help='save here after every epoch; resume from it if it exists')
-    p.add_argument('--log', default=None, help='per-epoch JSON lines log')
-    p.add_argument('--results', default=None, help='write the final results (JSON) here')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--hidden', type=int, default=64)
-    p.add_argument('--heads', type=int, default=2)
-    p.add_argument('--layers', type=int, default=28, help='reversible steps')
-    p.add_argument('--dropout', type=float, default=0.1)
-    p.add_argument('--attention-dropout', type=float, default=0.0)
-    p.add_argument('--lr', type=float, default=0.005)
+    p = ogb_example_parser(
+        __doc__.split('\n')[0], 'ogbn_proteins', epochs=500, hidden=64,
+        heads=2, layers=28, dropout=0.1, lr=0.005)
     p.add_argument('--num-parts', type=int, default=40, help='training batches per epoch')
     p.add_argument('--eval-parts', type=int, default=10)
     p.add_argument('--eval-every', type=int, default=5)
-    p.add_argument('--no-memory-saving', action='store_true')
-    p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--synthetic', type=int, default=None, metavar='NUM_NODES',
-                   help='write a synthetic graph in OGB format first (if absent)')
     args = p.parse_args(argv)
     if args.epochs < 0 or args.num_parts < 1 or args.eval_parts < 1 or args.eval_every < 1:
         p.error('--epochs must be >= 0 and --num-parts/--eval-parts/--eval-every >= 1')

@@ -10,7 +10,6 @@ import math
 import os
 import os.path as osp
 import shutil
-from typing import Optional
 
 import torch
 from torch_geometric.data import Data

@@ -6,6 +6,7 @@ RNG states, a small ``extra`` dict), so :func:`load_checkpoint` reads them
 with ``torch.load(..., weights_only=True)``: resuming from a file never runs
 pickled code.
 """
+import argparse
 import json
 import os
 import os.path as osp
@@ -182,3 +183,38 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ('cpu', 'cuda'):
         raise ValueError(f"--device must be cpu, cuda[:i] or auto (got '{name}')")
     return device
+
+
+def ogb_example_parser(description: str, dataset_dir: str, *, epochs: int,
+                       hidden: int, heads: int, layers: int, dropout: float,
+                       lr: float, hidden_help: Optional[str] = None,
+                       device_help: str = 'cpu, cuda, cuda:i or auto',
+                       ) -> argparse.ArgumentParser:
+    r"""The command-line options the OGB examples share (data and device,
+    run bookkeeping, the reversible GAT's size and training rate, synthetic
+    data); each example adds its own on the returned parser."""
+    p = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--root', default='data/ogb',
+                   help=f'folder holding {dataset_dir}/')
+    p.add_argument('--device', default='auto', help=device_help)
+    p.add_argument('--epochs', type=int, default=epochs)
+    p.add_argument('--checkpoint', default=None,
+                   help='save here after every epoch; resume from it if it exists')
+    p.add_argument('--log', default=None, help='per-epoch JSON lines log')
+    p.add_argument('--results', default=None,
+                   help='write the final results (JSON) here')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--hidden', type=int, default=hidden, help=hidden_help)
+    p.add_argument('--heads', type=int, default=heads)
+    p.add_argument('--layers', type=int, default=layers, help='reversible steps')
+    p.add_argument('--dropout', type=float, default=dropout)
+    p.add_argument('--attention-dropout', type=float, default=0.0)
+    p.add_argument('--lr', type=float, default=lr)
+    p.add_argument('--no-memory-saving', action='store_true')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (per process)')
+    p.add_argument('--synthetic', type=int, default=None, metavar='NUM_NODES',
+                   help='write a synthetic graph in OGB format first (if absent)')
+    return p
