@@ -193,6 +193,30 @@ inline acc_t edge_raw(const scalar_t* as, const scalar_t* ad,
   return raw;
 }
 
+// The per-edge, per-head terms both backward passes need, recomputed from
+// the saved log-sum-exp: the softmax weight a, the dropout factor k (0 or
+// 1 / (1 - p); 1 without dropout) and d loss / d raw score.
+template <typename acc_t>
+struct EdgeGrad {
+  acc_t a, k, g_raw;
+};
+
+template <typename acc_t, typename scalar_t, typename lse_t>
+inline EdgeGrad<acc_t> edge_grad(acc_t raw, lse_t lse_ih,
+                                 const DropoutParams& drop, acc_t scale,
+                                 int64_t e, int64_t H, int64_t h,
+                                 const scalar_t* g_ih, const scalar_t* x_jh,
+                                 int64_t C, acc_t D, acc_t slope) {
+  EdgeGrad<acc_t> t;
+  t.a = std::exp(gat_leaky_relu(raw, slope) - static_cast<acc_t>(lse_ih));
+  t.k = 1;
+  if (drop.active)
+    t.k = gat_keep(drop.key, e, H, h, drop.threshold) ? scale : acc_t(0);
+  const acc_t gx = t.k != acc_t(0) ? dot<acc_t>(g_ih, x_jh, C) : acc_t(0);
+  t.g_raw = gat_grad_raw(t.a, t.k, gx, D, raw, slope);
+  return t;
+}
+
 // Pass 1 of the backward, parallel over destinations: D_i = <g_i, out_i>
 // (kept, [num_dst, H]), grad alpha_dst and grad alpha_edge.
 template <typename scalar_t, typename index_t>
@@ -231,19 +255,11 @@ void backward_dst_kernel(const scalar_t* grad_out, const scalar_t* x,
         const scalar_t* ae = a_edge ? a_edge + e * H : nullptr;
         const scalar_t* xj = x + j * HC;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t raw = edge_raw<acc_t>(as, ad, ae, h);
-          const acc_t a = std::exp(gat_leaky_relu(raw, slope) -
-                                   static_cast<acc_t>(lse[i * H + h]));
-          acc_t k = 1;
-          if (drop.active)
-            k = gat_keep(drop.key, e, H, h, drop.threshold) ? scale
-                                                            : acc_t(0);
-          const acc_t gx =
-              k != acc_t(0) ? dot<acc_t>(g_i + h * C, xj + h * C, C)
-                            : acc_t(0);
-          const acc_t g_raw = gat_grad_raw(a, k, gx, D[h], raw, slope);
-          g_dst[h] += g_raw;
-          if (grad_a_edge) grad_a_edge[e * H + h] = static_cast<scalar_t>(g_raw);
+          const EdgeGrad<acc_t> t = edge_grad<acc_t>(
+              edge_raw<acc_t>(as, ad, ae, h), lse[i * H + h], drop, scale, e,
+              H, h, g_i + h * C, xj + h * C, C, D[h], slope);
+          g_dst[h] += t.g_raw;
+          if (grad_a_edge) grad_a_edge[e * H + h] = static_cast<scalar_t>(t.g_raw);
         }
       }
       for (int64_t h = 0; h < H; ++h)
@@ -303,18 +319,11 @@ void backward_src_kernel(const scalar_t* grad_out, const scalar_t* x,
         const scalar_t* g_i = grad_out + i * HC;
         const acc_t* D = D_in + i * H;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t raw = edge_raw<acc_t>(as, ad, ae, h);
-          const acc_t a = std::exp(gat_leaky_relu(raw, slope) -
-                                   static_cast<acc_t>(lse[i * H + h]));
-          acc_t kk = 1;
-          if (drop.active)
-            kk = gat_keep(drop.key, e, H, h, drop.threshold) ? scale
-                                                             : acc_t(0);
-          const acc_t gx =
-              kk != acc_t(0) ? dot<acc_t>(g_i + h * C, xj + h * C, C)
-                             : acc_t(0);
-          g_src[h] += gat_grad_raw(a, kk, gx, D[h], raw, slope);
-          const acc_t w = a * kk;
+          const EdgeGrad<acc_t> t = edge_grad<acc_t>(
+              edge_raw<acc_t>(as, ad, ae, h), lse[i * H + h], drop, scale, e,
+              H, h, g_i + h * C, xj + h * C, C, D[h], slope);
+          g_src[h] += t.g_raw;
+          const acc_t w = t.a * t.k;
           if (w != acc_t(0)) axpy(acc.data() + h * C, w, g_i + h * C, C);
         }
       }
