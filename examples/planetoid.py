@@ -44,7 +44,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'gnn': dict(hidden=64, steps=4, heads=1, lr=0.01, weight_decay=5e-4,
                 dropout=0.5, input_dropout=0.5, attention_dropout=0.0),
     'gat': dict(hidden=64, steps=8, heads=8, lr=0.005, weight_decay=5e-4,
-                dropout=0.6, input_dropout=0.6, attention_dropout=0.6, gate=False),
+                dropout=0.6, input_dropout=0.6, attention_dropout=0.6, gate=False, norm=True),
 }
 PRESETS['grevnet'] = PRESETS['gnn']
 PRESETS['gat_grevnet'] = PRESETS['gat']
@@ -63,14 +63,18 @@ def build_model(name: str, in_channels: int, out_channels: int,
                       input_dropout=cfg['input_dropout'],
                       attention_dropout=cfg['attention_dropout'],
                       reversible=name == 'gat_grevnet', gate=cfg['gate'],
+                      norm=cfg.get('norm', True),
                       memory_saving=cfg.get('memory_saving', True))
     raise ValueError(f"Unknown model {name!r} (use one of {MODELS})")
 
 
 def train_one_seed(model: torch.nn.Module, data: Any, cfg: Dict[str, Any],
-                   epochs: int, patience: int, desc: str) -> Dict[str, float]:
-    r"""Full-batch training with early stopping on validation accuracy;
-    returns the validation and test accuracy at the best epoch."""
+                   epochs: int, patience: int, desc: str,
+                   select: str = 'acc') -> Dict[str, float]:
+    r"""Full-batch training with early stopping on the validation set;
+    returns the validation and test accuracy at the best epoch: the highest
+    validation accuracy (ties: lower validation loss) with
+    :obj:`select='acc'`, the lowest validation loss with :obj:`select='loss'`."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg['lr'],
                            weight_decay=cfg['weight_decay'])
     best = {'val_acc': -1.0, 'val_loss': float('inf'), 'test_acc': 0.0, 'epoch': 0}
@@ -89,8 +93,12 @@ def train_one_seed(model: torch.nn.Module, data: Any, cfg: Dict[str, Any],
         pred = out.argmax(-1)
         val_loss = float(F.cross_entropy(out[data.val_mask], data.y[data.val_mask]))
         val_acc = float((pred[data.val_mask] == data.y[data.val_mask]).float().mean())
-        if (val_acc > best['val_acc']
-                or (val_acc == best['val_acc'] and val_loss < best['val_loss'])):
+        if select == 'loss':
+            better = val_loss < best['val_loss']
+        else:
+            better = (val_acc > best['val_acc']
+                      or (val_acc == best['val_acc'] and val_loss < best['val_loss']))
+        if better:
             test_acc = float((pred[data.test_mask] == data.y[data.test_mask]).float().mean())
             best = {'val_acc': val_acc, 'val_loss': val_loss, 'test_acc': test_acc,
                     'epoch': epoch}
@@ -119,8 +127,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                       ('input_dropout', float), ('attention_dropout', float)):
         parser.add_argument('--' + key.replace('_', '-'), type=kind, default=None,
                             help='overrides the model preset')
+    parser.add_argument('--select', default='acc', choices=('acc', 'loss'),
+                        help='early stopping / model selection on validation '
+                             'accuracy (ties: loss) or validation loss')
     parser.add_argument('--gate', type=int, choices=(0, 1), default=None,
                         help='RevGAT steps gated by a zero-initialised scalar (ReZero)')
+    parser.add_argument('--norm', type=int, choices=(0, 1), default=None,
+                        help='RevGAT: LayerNorm in every step and before the '
+                             'output layer (default 1)')
     parser.add_argument('--no-memory-saving', action='store_true',
                         help='plain autograd through the reversible steps (same '
                              'model and gradients, faster, more memory)')
@@ -154,14 +168,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             torch.manual_seed(seed)
             model = build_model(args.model, data.num_features, data.num_classes, cfg)
             runs.append(train_one_seed(model, seed_data, cfg, args.epochs,
-                                       args.patience, desc=f'seed {seed}'))
+                                       args.patience, desc=f'seed {seed}',
+                                       select=args.select))
         seconds = time.perf_counter() - start
 
     tests = [100 * r['test_acc'] for r in runs]
     vals = [100 * r['val_acc'] for r in runs]
     result = {
         'dataset': args.dataset, 'model': args.model, 'split': args.split,
-        'config': cfg, 'runs': runs, 'seconds': seconds,
+        'config': cfg, 'select': args.select, 'runs': runs, 'seconds': seconds,
         'parameters': sum(p.numel() for p in model.parameters()),
         'test_mean': statistics.mean(tests),
         'test_std': statistics.stdev(tests) if len(tests) > 1 else 0.0,

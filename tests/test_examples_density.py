@@ -62,3 +62,33 @@ def test_bad_arguments():
     example = _load_example()
     with pytest.raises(SystemExit):
         example.parse_args(['--dataset', 'cifar'])
+
+
+def test_combine_refuses_mixed_configurations(tiny_run, tmp_path):
+    example, out, path, results = tiny_run
+    with open(path) as f:
+        other = json.load(f)
+    assert other[0]['config']['steps'] == 4
+    other[0]['config']['steps'] = 5  # as if the run had trained longer
+    other_path = str(tmp_path / 'other.json')
+    with open(other_path, 'w') as f:
+        json.dump(other, f)
+    with pytest.raises(ValueError, match='combine runs of one configuration'):
+        example.main(['--combine', path, other_path, '--out', str(tmp_path), '--no-plot'])
+
+
+def test_default_steps_per_dataset():
+    example = _load_example()
+    args = example.parse_args([])
+    assert args.steps is None and (args.couplings, args.hidden) == (12, 64)
+    assert example.parse_args(['--tiny']).steps == 50
+    assert example.parse_args(['--steps', '7']).steps == 7
+    assert set(example.DEFAULT_STEPS) == set(example.DENSITY_DATASETS)
+
+
+def test_failed_combine_leaves_input_checks_on(tiny_run, tmp_path):
+    from torch_geometric_gnf.utils import checks
+    example, out, path, results = tiny_run
+    with pytest.raises(FileNotFoundError):
+        example.main(['--combine', str(tmp_path / 'missing.json'), '--no-plot'])
+    assert checks.input_checks_enabled()

@@ -139,3 +139,18 @@ def test_real_cora_files_load(tmp_path):
     data = load_planetoid('Cora', osp.join(SHARED, 'data', 'planetoid'), str(tmp_path))
     assert data.num_nodes == 2708 and data.num_classes == 7
     assert int(data.train_mask.sum()) == 140 and int(data.test_mask.sum()) == 1000
+
+
+def test_example_norm_and_selection_options(raw_dir):
+    example = load_example()
+    common = ['--dataset', 'cora', '--model', 'gat_grevnet', '--seeds', '1',
+              '--epochs', '6', '--raw-dir', raw_dir, '--hidden', '16',
+              '--steps', '2', '--heads', '2', '--gate', '1', '--norm', '0']
+    by_acc = example.main(common + ['--select', 'acc'])
+    by_loss = example.main(common + ['--select', 'loss'])
+    assert by_acc['config']['norm'] is False and by_loss['select'] == 'loss'
+    # Same seed, same training run: only the chosen epoch differs.
+    assert by_loss['runs'][0]['val_loss'] <= by_acc['runs'][0]['val_loss']
+    assert by_acc['runs'][0]['val_acc'] >= by_loss['runs'][0]['val_acc']
+    with pytest.raises(SystemExit):
+        example.main(common + ['--select', 'f1'])
