@@ -63,7 +63,7 @@ def build_model(name: str, in_channels: int, out_channels: int,
                       input_dropout=cfg['input_dropout'],
                       attention_dropout=cfg['attention_dropout'],
                       reversible=name == 'gat_grevnet', gate=cfg['gate'],
-                      norm=cfg.get('norm', True),
+                      norm=cfg['norm'],
                       memory_saving=cfg.get('memory_saving', True))
     raise ValueError(f"Unknown model {name!r} (use one of {MODELS})")
 
