@@ -35,7 +35,7 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # moons need longer than MoG to come within 0.05 nats of the joint floor.
 DEFAULT_STEPS = {'mog': 5000, 'mog_ring': 6000, 'moons6': 6000}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
-               'heads', 'blocks', 'clamp', 'train_size')
+               'heads', 'blocks', 'clamp', 'train_size', 'clip')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -56,6 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--heads', type=int, default=4)
     p.add_argument('--blocks', type=int, default=1)
     p.add_argument('--clamp', type=float, default=2.0)
+    p.add_argument('--clip', type=float, default=10.0,
+                   help='gradient norm clipping threshold')
     p.add_argument('--train-size', type=int, default=100000)
     p.add_argument('--test-size', type=int, default=10000)
     p.add_argument('--floor-samples', type=int, default=20000)
@@ -126,7 +128,7 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
         loss = flow.nll_per_node(sets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0, foreach=True)
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), args.clip, foreach=True)
         opt.step()
         value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value
@@ -291,6 +293,8 @@ def combine(paths: List[str]) -> List[Dict]:
                                                      'samples': {}, 'configs': {}})
                 for model, vals in r['nll'].items():
                     config = r.get('config')  # absent in files of older runs
+                    if config is not None:  # runs before --clip clipped at 10
+                        config = {'clip': 10.0, **config}
                     seen = m['configs'].setdefault(model, config)
                     if seen != config:
                         raise ValueError(

@@ -92,3 +92,24 @@ def test_failed_combine_leaves_input_checks_on(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError):
         example.main(['--combine', str(tmp_path / 'missing.json'), '--no-plot'])
     assert checks.input_checks_enabled()
+
+
+def test_clip_is_recorded_and_older_files_count_as_clip_10(tiny_run, tmp_path):
+    example, out, path, results = tiny_run
+    with open(path) as f:
+        runs = json.load(f)
+    assert runs[0]['config']['clip'] == 10.0
+    assert example.parse_args(['--clip', '1']).clip == 1.0
+    for r in runs:  # a file written before --clip existed
+        del r['config']['clip']
+    old_path = str(tmp_path / 'old.json')
+    with open(old_path, 'w') as f:
+        json.dump(runs, f)
+    merged = example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
+    assert merged[0]['nll']['gnf'] == results[0]['nll']['gnf'] * 2
+    for r in runs:
+        r['config']['clip'] = 1.0
+    with open(old_path, 'w') as f:
+        json.dump(runs, f)
+    with pytest.raises(ValueError, match='combine runs of one configuration'):
+        example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
