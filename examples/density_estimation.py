@@ -36,6 +36,9 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 DEFAULT_STEPS = {'mog': 5000, 'mog_ring': 6000, 'moons6': 6000}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
                'heads', 'blocks', 'clamp', 'train_size', 'clip')
+# Config keys added after results files were written, with the value those
+# earlier runs used (gradient clipping was fixed at 10 before --clip).
+LEGACY_CONFIG = {'clip': 10.0}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -291,10 +294,10 @@ def combine(paths: List[str]) -> List[Dict]:
             for r in json.load(f):
                 m = merged.setdefault(r['dataset'], {**r, 'nll': {}, 'seconds': {},
                                                      'samples': {}, 'configs': {}})
+                config = r.get('config')  # absent in files of older runs
+                if config is not None:
+                    config = {**LEGACY_CONFIG, **config}
                 for model, vals in r['nll'].items():
-                    config = r.get('config')  # absent in files of older runs
-                    if config is not None:  # runs before --clip clipped at 10
-                        config = {'clip': 10.0, **config}
                     seen = m['configs'].setdefault(model, config)
                     if seen != config:
                         raise ValueError(
