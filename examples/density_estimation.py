@@ -35,10 +35,11 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # moons need longer than MoG to come within 0.05 nats of the joint floor.
 DEFAULT_STEPS = {'mog': 5000, 'mog_ring': 6000, 'moons6': 6000}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
-               'heads', 'blocks', 'clamp', 'train_size', 'clip')
+               'heads', 'blocks', 'clamp', 'train_size', 'clip', 'mixing')
 # Config keys added after results files were written, with the value those
-# earlier runs used (gradient clipping was fixed at 10 before --clip).
-LEGACY_CONFIG = {'clip': 10.0}
+# earlier runs used (gradient clipping was fixed at 10 before --clip, and the
+# couplings were separated by channel swaps before --mixing).
+LEGACY_CONFIG = {'clip': 10.0, 'mixing': 'permutation'}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--clamp', type=float, default=2.0)
     p.add_argument('--clip', type=float, default=10.0,
                    help='gradient norm clipping threshold')
+    p.add_argument('--mixing', default='permutation', choices=['permutation', 'linear'],
+                   help='between couplings: a channel swap or a learned '
+                        'invertible linear map (InvertibleLinear)')
     p.add_argument('--train-size', type=int, default=100000)
     p.add_argument('--test-size', type=int, default=10000)
     p.add_argument('--floor-samples', type=int, default=20000)
@@ -119,7 +123,7 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     flow = build_set_flow(model, channels=2, num_couplings=args.couplings,
                           hidden=args.hidden, heads=args.heads,
                           num_blocks=args.blocks, clamp=args.clamp,
-                          loc=loc, scale=scale)
+                          loc=loc, scale=scale, mixing=args.mixing)
     opt = torch.optim.Adam(flow.parameters(), lr=args.lr, foreach=True)
     gen = torch.Generator().manual_seed(seed + 1000)
     bar = tqdm(range(args.steps), desc=desc, mininterval=5, file=sys.stdout)

@@ -72,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--heads', type=int, default=4)
     p.add_argument('--ae-layers', type=int, default=10)
     p.add_argument('--ae-steps', type=int, default=2000)
+    p.add_argument('--attention', choices=['edges', 'all'], default='edges',
+                   help="encoder attention: over each node's neighbours (the "
+                        "paper's) or over its whole graph with a learned "
+                        "bias on linked pairs")
     p.add_argument('--flow-couplings', type=int, default=6)
     p.add_argument('--flow-steps', type=int, default=1000)
     p.add_argument('--batch-size', type=int, default=32)
@@ -124,12 +128,22 @@ def minibatch(graphs: List, size: int, gen: torch.Generator) -> Batch:
 def config_of(args) -> Dict:
     keys = ('dataset', 'embedding', 'hidden', 'heads', 'ae_layers', 'ae_steps',
             'flow_couplings', 'flow_steps', 'batch_size', 'lr', 'data_json',
-            'center_std')
+            'center_std', 'attention')
     return {k: getattr(args, k) for k in keys}
 
 
+# Config keys added after checkpoints were written, with the value those
+# earlier runs used (the encoder attended over edges before --attention).
+LEGACY_CONFIG = {'attention': 'edges'}
+
+
+def same_config(saved: Dict, args) -> bool:
+    return {**LEGACY_CONFIG, **saved} == config_of(args)
+
+
 def build(args, train: List):
-    ae = GraphAutoEncoder(args.embedding, args.hidden, args.ae_layers, args.heads)
+    ae = GraphAutoEncoder(args.embedding, args.hidden, args.ae_layers, args.heads,
+                          attention=args.attention)
     gen = GraphGenerator(ae, [g.num_nodes for g in train], args.flow_couplings,
                          args.hidden, heads=args.heads, center_std=args.center_std)
     return ae, gen
@@ -145,7 +159,7 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
                  flow_seconds=0.0)
     if os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, weights_only=False)
-        if state['config'] != config_of(args):
+        if not same_config(state['config'], args):
             raise ValueError(f'{ckpt_path} was trained with another configuration; '
                              f'delete it or use another --checkpoint-dir')
         gen.load_state_dict(state['model'])
@@ -336,7 +350,7 @@ def main(argv=None) -> str:
             if not os.path.isfile(ckpt):
                 raise FileNotFoundError(f'No checkpoint {ckpt}; train first')
             states.append(torch.load(ckpt, weights_only=False))
-            if states[-1]['config'] != config_of(args):
+            if not same_config(states[-1]['config'], args):
                 raise ValueError(f'{ckpt} was trained with another configuration')
         else:
             states.append(train_seed(args, seed, train, ckpt))

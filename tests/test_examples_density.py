@@ -4,6 +4,7 @@ import math
 import os
 
 import pytest
+import torch
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), '..', 'examples', 'density_estimation.py')
 
@@ -94,22 +95,45 @@ def test_failed_combine_leaves_input_checks_on(tiny_run, tmp_path):
     assert checks.input_checks_enabled()
 
 
-def test_clip_is_recorded_and_older_files_count_as_clip_10(tiny_run, tmp_path):
+def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_run, tmp_path):
     example, out, path, results = tiny_run
     with open(path) as f:
         runs = json.load(f)
-    assert runs[0]['config']['clip'] == 10.0
-    assert example.parse_args(['--clip', '1']).clip == 1.0
-    for r in runs:  # a file written before --clip existed
-        del r['config']['clip']
+    assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation'}
+    for key, value in example.LEGACY_CONFIG.items():  # the defaults never changed
+        assert runs[0]['config'][key] == value
+    args = example.parse_args(['--clip', '1', '--mixing', 'linear'])
+    assert (args.clip, args.mixing) == (1.0, 'linear')
+    for r in runs:  # a file written before --clip and --mixing existed
+        for key in example.LEGACY_CONFIG:
+            del r['config'][key]
     old_path = str(tmp_path / 'old.json')
     with open(old_path, 'w') as f:
         json.dump(runs, f)
     merged = example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
     assert merged[0]['nll']['gnf'] == results[0]['nll']['gnf'] * 2
-    for r in runs:
-        r['config']['clip'] = 1.0
-    with open(old_path, 'w') as f:
-        json.dump(runs, f)
-    with pytest.raises(ValueError, match='combine runs of one configuration'):
-        example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
+    for key, other in (('clip', 1.0), ('mixing', 'linear')):
+        changed = [{**r, 'config': {**r['config'], key: other}} for r in runs]
+        with open(old_path, 'w') as f:
+            json.dump(changed, f)
+        with pytest.raises(ValueError, match='combine runs of one configuration'):
+            example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
+
+
+def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
+    from torch_geometric_gnf.nn import InvertibleLinear
+    example = _load_example()
+    args = example.parse_args(['--dataset', 'mog', '--tiny', '--steps', '40',
+                               '--mixing', 'linear', '--out', str(tmp_path)])
+    train = example.DENSITY_DATASETS['mog'](args.train_size, seed=1)
+    flow = example.train_flow('gnf', train, args, seed=0)
+    mixings = [m for m in flow.modules() if isinstance(m, InvertibleLinear)]
+    assert len(mixings) == args.couplings - 1
+    # they start as rotations (|det W| = 1) and are trained with the couplings
+    assert any(abs(float(m.log_scale.detach().sum())) > 1e-3 for m in mixings)
+    test = example.DENSITY_DATASETS['mog'](256, seed=2).sets
+    untrained = example.build_set_flow('gnf', channels=2, num_couplings=args.couplings,
+                                       hidden=args.hidden, heads=args.heads,
+                                       mixing='linear', loc=flow.flow.couplings[0].loc,
+                                       scale=flow.flow.couplings[0].scale)
+    assert example.evaluate(flow, test) < example.evaluate(untrained, test) - 0.3

@@ -39,3 +39,11 @@ def test_tiny_mode_end_to_end_with_resume(tmp_path):
     # A checkpoint from another configuration is refused, not silently reused.
     with pytest.raises(ValueError, match='another configuration'):
         example.main(args + ['--lr', '0.5'])
+    # Checkpoints written before --attention existed count as attention='edges'.
+    path = os.path.join(ckpt, 'tiny_community_small_seed0.pt')
+    assert state['config']['attention'] == 'edges'
+    del state['config']['attention']
+    torch.save(state, path)
+    assert example.main(args + ['--stage', 'eval']) == again
+    with pytest.raises(ValueError, match='another configuration'):
+        example.main(args + ['--stage', 'eval', '--attention', 'all'])

@@ -8,6 +8,7 @@ from torch_geometric_gnf.datasets import (HalfMoons6, MixtureOfGaussians,
 from torch_geometric_gnf.models import SetFlow, Standardize, build_set_flow
 
 MODELS = ['gnf', 'realnvp']
+MIXINGS = ['permutation', 'linear']
 
 
 def _random_flow(model: str, seed: int = 0, std: float = 0.3, **kwargs) -> SetFlow:
@@ -18,16 +19,17 @@ def _random_flow(model: str, seed: int = 0, std: float = 0.3, **kwargs) -> SetFl
     flow = build_set_flow(model, **kwargs).double()
     with torch.no_grad():
         for name, p in flow.named_parameters():
-            if 'head' in name:
+            if 'head' in name or 'log_scale' in name:  # mixing: det != 1
                 p.normal_(0, std)
     return flow.eval()
 
 
+@pytest.mark.parametrize('mixing', MIXINGS)
 @pytest.mark.parametrize('model', MODELS)
-def test_one_node_density_integrates_to_one(model):
-    flow = _random_flow(model, std=0.2, loc=torch.tensor([0.5, -0.3]),
+def test_one_node_density_integrates_to_one(model, mixing):
+    flow = _random_flow(model, mixing=mixing, std=0.2, loc=torch.tensor([0.5, -0.3]),
                         scale=torch.tensor([1.5, 0.8]))
-    g = torch.linspace(-15, 15, 301, dtype=torch.float64)
+    g = torch.linspace(-25, 25, 501, dtype=torch.float64)
     xx, yy = torch.meshgrid(g, g, indexing='ij')
     pts = torch.stack([xx, yy], -1).reshape(-1, 1, 2)  # 1-node sets
     with torch.no_grad():
@@ -35,9 +37,10 @@ def test_one_node_density_integrates_to_one(model):
     assert abs(float(mass) - 1) < 1e-2
 
 
+@pytest.mark.parametrize('mixing', MIXINGS)
 @pytest.mark.parametrize('model', MODELS)
-def test_change_of_variables_matches_jacobian(model):
-    flow = _random_flow(model, seed=1, loc=torch.tensor([1.0, 2.0]),
+def test_change_of_variables_matches_jacobian(model, mixing):
+    flow = _random_flow(model, mixing=mixing, seed=1, loc=torch.tensor([1.0, 2.0]),
                         scale=torch.tensor([2.0, 0.5]))
     x = torch.randn(1, 3, 2, dtype=torch.float64)
     z, log_det = flow(x)
@@ -56,9 +59,10 @@ def test_change_of_variables_matches_jacobian(model):
         assert (off == 0).all()
 
 
+@pytest.mark.parametrize('mixing', MIXINGS)
 @pytest.mark.parametrize('model', MODELS)
-def test_log_prob_invariant_to_node_order(model):
-    flow = _random_flow(model, seed=2)
+def test_log_prob_invariant_to_node_order(model, mixing):
+    flow = _random_flow(model, mixing=mixing, seed=2)
     x = torch.randn(4, 6, 2, dtype=torch.float64) * 2
     base = flow.log_prob(x)
     for seed in range(3):
@@ -68,9 +72,10 @@ def test_log_prob_invariant_to_node_order(model):
         assert torch.allclose(z, flow(x)[0][:, perm], atol=1e-9)  # equivariant
 
 
+@pytest.mark.parametrize('mixing', MIXINGS)
 @pytest.mark.parametrize('model', MODELS)
-def test_inverse_round_trip_and_sampling(model):
-    flow = _random_flow(model, seed=3, loc=torch.tensor([0.0, 1.0]),
+def test_inverse_round_trip_and_sampling(model, mixing):
+    flow = _random_flow(model, mixing=mixing, seed=3, loc=torch.tensor([0.0, 1.0]),
                         scale=torch.tensor([3.0, 0.1]))
     x = torch.randn(5, 4, 2, dtype=torch.float64)
     z, _ = flow(x)
@@ -83,9 +88,10 @@ def test_inverse_round_trip_and_sampling(model):
     assert flow.sample(3, 1).shape == (3, 1, 2)
 
 
+@pytest.mark.parametrize('mixing', MIXINGS)
 @pytest.mark.parametrize('model', MODELS)
-def test_node_level_input_with_batch_vector(model):
-    flow = _random_flow(model, seed=4)
+def test_node_level_input_with_batch_vector(model, mixing):
+    flow = _random_flow(model, mixing=mixing, seed=4)
     sets = [torch.randn(n, 2, dtype=torch.float64) for n in (3, 1, 5)]
     x = torch.cat(sets)
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([3, 1, 5]))
@@ -108,6 +114,21 @@ def test_standardize_step():
     assert torch.allclose(back, x, atol=1e-6) and torch.allclose(ld_inv, -ld)
     with pytest.raises(ValueError, match='positive'):
         Standardize(torch.zeros(2), torch.tensor([1.0, 0.0]))
+
+
+def test_linear_mixing_sits_between_couplings():
+    from torch_geometric_gnf.nn import GraphAffineCoupling, InvertibleLinear
+    torch.manual_seed(0)
+    flow = build_set_flow('gnf', num_couplings=3, hidden=8, heads=2, mixing='linear')
+    kinds = [type(step) for step in flow.flow.couplings]
+    assert kinds == [GraphAffineCoupling, InvertibleLinear] * 2 + [GraphAffineCoupling]
+    assert flow.flow.permutation is None  # the learned mixing replaces the swap
+    # a fresh flow is a rotation: volume preserving, not the identity
+    x = torch.randn(2, 4, 2)
+    z, log_det = flow(x)
+    assert torch.allclose(log_det, torch.zeros(2), atol=1e-5)
+    assert not torch.allclose(z, x, atol=1e-3)
+    assert torch.allclose(z.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
 
 
 def test_realnvp_and_gnf_share_width_and_depth():
@@ -152,6 +173,8 @@ def test_bad_input():
         SetFlow(num_couplings=0)
     with pytest.raises(ValueError, match='both'):
         SetFlow(loc=torch.zeros(2))
+    with pytest.raises(ValueError, match="'mixing'"):
+        SetFlow(mixing='rotation')
     flow = build_set_flow('gnf', num_couplings=1, hidden=8, heads=2)
     with pytest.raises(ValueError, match=r'\[B, n, 2\]'):
         flow.log_prob(torch.randn(2, 3, 4))

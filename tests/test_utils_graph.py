@@ -23,3 +23,11 @@ def test_fully_connected_matches_brute_force(batch, self_loops):
 def test_int32_batch():
     b = torch.tensor([0, 0, 1], dtype=torch.int32)
     assert fully_connected_edge_index(b).tolist() == [[1, 0], [0, 1]]
+
+
+def test_nodes_per_graph():
+    from torch_geometric_gnf.utils import nodes_per_graph
+    x = torch.zeros(5, 2, dtype=torch.float64)
+    counts = nodes_per_graph(x, torch.tensor([0, 0, 2, 2, 2]), 4)  # empty graphs 1, 3
+    assert counts.dtype == torch.float64 and counts.tolist() == [2, 0, 3, 0]
+    assert nodes_per_graph(x, None, 1).tolist() == [5]

@@ -8,7 +8,10 @@ import torch
 from torch import Tensor
 
 from torch_geometric_gnf.nn import (DenseSelfAttention, GraphAffineCoupling,
-                                    GraphNormalizingFlow)
+                                    GraphNormalizingFlow, InvertibleLinear)
+from torch_geometric_gnf.utils import nodes_per_graph
+
+MIXINGS = ('permutation', 'linear')
 
 
 class SetCouplingNet(torch.nn.Module):
@@ -95,11 +98,7 @@ class Standardize(torch.nn.Module):
         self.register_buffer('scale', scale)
 
     def _log_det(self, x: Tensor, batch: Optional[Tensor], num_graphs: int) -> Tensor:
-        if batch is None:
-            counts = x.new_full((num_graphs,), float(x.size(0)))
-        else:
-            counts = torch.bincount(batch.long(), minlength=num_graphs).to(x.dtype)
-        return -counts * self.scale.log().sum().to(x.dtype)
+        return -nodes_per_graph(x, batch, num_graphs) * self.scale.log().sum().to(x.dtype)
 
     def forward(self, x: Tensor, edge_index: Any = None, batch: Optional[Tensor] = None,
                 num_graphs: Optional[int] = None, **kwargs) -> Tuple[Tensor, Tensor]:
@@ -150,19 +149,29 @@ class SetFlow(torch.nn.Module):
         clamp (float): Soft clamp of the coupling scales. (default: :obj:`2.0`)
         loc (Tensor, optional), scale (Tensor, optional): Per-channel
             standardisation applied first (none if :obj:`None`).
-        permutation (str): Channel permutation between couplings.
-            (default: :obj:`"reverse"`)
+        permutation (str): Channel permutation between couplings when
+            :obj:`mixing="permutation"`. (default: :obj:`"reverse"`)
+        mixing (str): What sits between two couplings: the fixed
+            :obj:`permutation`, or a learned
+            :class:`~torch_geometric_gnf.nn.InvertibleLinear` channel mixing
+            (:obj:`"linear"`, starting from a random rotation), so that the
+            couplings of 2-D points split them along other directions than
+            the axes. (default: :obj:`"permutation"`)
     """
     def __init__(self, channels: int = 2, num_couplings: int = 12, hidden: int = 64,
                  heads: int = 4, num_blocks: int = 1, message_passing: bool = True,
                  clamp: float = 2.0, loc: Optional[Tensor] = None,
-                 scale: Optional[Tensor] = None, permutation: str = 'reverse'):
+                 scale: Optional[Tensor] = None, permutation: str = 'reverse',
+                 mixing: str = 'permutation'):
         super().__init__()
         if channels < 2 or channels % 2 != 0:
             raise ValueError(f"'channels' must be even and >= 2 (got {channels})")
         if num_couplings < 1:
             raise ValueError(f"'num_couplings' must be positive (got {num_couplings})")
+        if mixing not in MIXINGS:
+            raise ValueError(f"'mixing' must be one of {MIXINGS} (got '{mixing}')")
         self.channels = channels
+        self.mixing = mixing
         self.message_passing = message_passing
         half = channels // 2
 
@@ -170,8 +179,14 @@ class SetFlow(torch.nn.Module):
             return SetCouplingNet(half, 2 * half, hidden, heads, num_blocks,
                                   message_passing)
 
-        steps = [GraphAffineCoupling(net(), net(), clamp=clamp, memory_saving=False)
-                 for _ in range(num_couplings)]
+        steps = []
+        for i in range(num_couplings):
+            if i > 0 and mixing == 'linear':
+                steps.append(InvertibleLinear(channels))
+            steps.append(GraphAffineCoupling(net(), net(), clamp=clamp,
+                                             memory_saving=False))
+        if mixing == 'linear':
+            permutation = None  # the learned mixing replaces it
         if (loc is None) != (scale is None):
             raise ValueError("Give both 'loc' and 'scale' or neither")
         if loc is not None:

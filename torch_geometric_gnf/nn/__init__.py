@@ -2,6 +2,7 @@ r"""Reversible message passing layers and graph normalizing flows."""
 from .reversible_message_passing import ReversibleMessagePassing
 from .graph_affine_coupling import GraphAffineCoupling
 from .graph_normalizing_flow import GraphNormalizingFlow
+from .invertible_linear import InvertibleLinear
 from .dense_attention import DenseSelfAttention
 from .fused_gat_conv import FusedGATConv
 from .to_fused import to_fused
@@ -11,6 +12,7 @@ __all__ = [
     'ReversibleMessagePassing',
     'GraphAffineCoupling',
     'GraphNormalizingFlow',
+    'InvertibleLinear',
     'DenseSelfAttention',
     'FusedGATConv',
     'to_fused',

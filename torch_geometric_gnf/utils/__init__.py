@@ -1,7 +1,7 @@
 """Small helpers shared by layers and models: input checks and graph builders."""
 from .checks import (check_batch, check_edge_index, check_node_features,
                      input_checks_enabled, set_input_checks)
-from .graph import fully_connected_edge_index, infer_num_graphs
+from .graph import fully_connected_edge_index, infer_num_graphs, nodes_per_graph
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
 from .training import (load_checkpoint, peak_memory, reset_peak_memory,
@@ -15,6 +15,7 @@ __all__ = [
     'set_input_checks',
     'fully_connected_edge_index',
     'infer_num_graphs',
+    'nodes_per_graph',
     'memory_baseline',
     'run_in_fresh_process',
     'step_memory_bytes',

@@ -16,6 +16,16 @@ def infer_num_graphs(batch: Optional[Tensor], num_graphs: Optional[int] = None) 
     return int(batch.max()) + 1 if batch.numel() > 0 else 0
 
 
+def nodes_per_graph(x: Tensor, batch: Optional[Tensor], num_graphs: int) -> Tensor:
+    r"""Node count of every graph, shape :obj:`[num_graphs]`, in the dtype of
+    :obj:`x` (all :obj:`x.size(0)` nodes form each graph if :obj:`batch` is
+    :obj:`None`), e.g. to scale a per-node log-determinant to a per-graph
+    one."""
+    if batch is None:
+        return x.new_full((num_graphs,), float(x.size(0)))
+    return torch.bincount(batch.long(), minlength=num_graphs).to(x.dtype)
+
+
 def fully_connected_edge_index(batch: Tensor, num_graphs: Optional[int] = None,
                                self_loops: bool = False) -> Tensor:
     r"""Edge indices of a fully connected graph inside each graph of a batch.
