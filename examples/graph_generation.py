@@ -68,16 +68,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '<dataset>.json if present, else generate)')
     p.add_argument('--seeds', type=int, default=3, help='number of training seeds')
     p.add_argument('--embedding', type=int, default=8)
-    p.add_argument('--hidden', type=int, default=32)
+    p.add_argument('--hidden', type=int, default=64)
     p.add_argument('--heads', type=int, default=4)
     p.add_argument('--ae-layers', type=int, default=10)
-    p.add_argument('--ae-steps', type=int, default=2000)
-    p.add_argument('--attention', choices=['edges', 'all'], default='edges',
+    p.add_argument('--ae-steps', type=int, default=20000)
+    p.add_argument('--attention', choices=['edges', 'all'], default='all',
                    help="encoder attention: over each node's neighbours (the "
                         "paper's) or over its whole graph with a learned "
                         "bias on linked pairs")
-    p.add_argument('--flow-couplings', type=int, default=6)
-    p.add_argument('--flow-steps', type=int, default=1000)
+    p.add_argument('--flow-couplings', type=int, default=10)
+    p.add_argument('--flow-steps', type=int, default=8000)
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--num-samples', type=int, default=1024)

@@ -39,11 +39,21 @@ def test_tiny_mode_end_to_end_with_resume(tmp_path):
     # A checkpoint from another configuration is refused, not silently reused.
     with pytest.raises(ValueError, match='another configuration'):
         example.main(args + ['--lr', '0.5'])
-    # Checkpoints written before --attention existed count as attention='edges'.
+    assert state['config']['attention'] == 'all'  # the default encoder
+
+
+def test_checkpoints_from_before_the_attention_flag_count_as_edges(tmp_path):
+    example = load_example()
+    ckpt, out = str(tmp_path / 'ckpt'), str(tmp_path / 'out')
+    args = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt, '--out', out,
+            '--attention', 'edges']
+    table = example.main(args)
     path = os.path.join(ckpt, 'tiny_community_small_seed0.pt')
+    state = torch.load(path, weights_only=False)
     assert state['config']['attention'] == 'edges'
-    del state['config']['attention']
+    del state['config']['attention']  # as written before --attention existed
     torch.save(state, path)
-    assert example.main(args + ['--stage', 'eval']) == again
+    again = example.main(args + ['--stage', 'eval'])
+    assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
     with pytest.raises(ValueError, match='another configuration'):
-        example.main(args + ['--stage', 'eval', '--attention', 'all'])
+        example.main(args[:-2] + ['--stage', 'eval'])  # default attention='all'
