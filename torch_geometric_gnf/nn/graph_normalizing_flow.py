@@ -92,7 +92,7 @@ class GraphNormalizingFlow(torch.nn.Module):
         edge_index, batch, num_graphs = self._graph(x, edge_index, batch, num_graphs)
         log_det = x.new_zeros(num_graphs)
         for i, coupling in enumerate(self.couplings):
-            if i > 0:
+            if i > 0 and self.permutation is not None:  # None: identity, no copy
                 x = x[:, self.perms[i - 1]]
             x, ld = coupling(x, edge_index, batch, num_graphs, **kwargs)
             log_det = log_det + ld
@@ -105,7 +105,7 @@ class GraphNormalizingFlow(torch.nn.Module):
         edge_index, batch, num_graphs = self._graph(z, edge_index, batch, num_graphs)
         for i in range(len(self.couplings) - 1, -1, -1):
             z, _ = self.couplings[i].inverse(z, edge_index, batch, num_graphs, **kwargs)
-            if i > 0:
+            if i > 0 and self.permutation is not None:
                 z = z[:, self.inverse_perms[i - 1]]
         return z
 
