@@ -77,6 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "paper's) or over its whole graph with a learned "
                         "bias on linked pairs")
     p.add_argument('--flow-couplings', type=int, default=10)
+    p.add_argument('--flow-blocks', type=int, default=1,
+                   help='attention + MLP blocks in every coupling network')
+    p.add_argument('--flow-mixing', choices=['permutation', 'linear'],
+                   default='permutation',
+                   help='between couplings: a fixed random channel permutation '
+                        'or a learned invertible linear map (InvertibleLinear)')
     p.add_argument('--flow-steps', type=int, default=8000)
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=2e-3)
@@ -128,13 +134,15 @@ def minibatch(graphs: List, size: int, gen: torch.Generator) -> Batch:
 def config_of(args) -> Dict:
     keys = ('dataset', 'embedding', 'hidden', 'heads', 'ae_layers', 'ae_steps',
             'flow_couplings', 'flow_steps', 'batch_size', 'lr', 'data_json',
-            'center_std', 'attention')
+            'center_std', 'attention', 'flow_blocks', 'flow_mixing')
     return {k: getattr(args, k) for k in keys}
 
 
 # Config keys added after checkpoints were written, with the value those
-# earlier runs used (the encoder attended over edges before --attention).
-LEGACY_CONFIG = {'attention': 'edges'}
+# earlier runs used (the encoder attended over edges before --attention; the
+# flow had one block per network and channel permutations before
+# --flow-blocks / --flow-mixing).
+LEGACY_CONFIG = {'attention': 'edges', 'flow_blocks': 1, 'flow_mixing': 'permutation'}
 
 
 def same_config(saved: Dict, args) -> bool:
@@ -145,7 +153,8 @@ def build(args, train: List):
     ae = GraphAutoEncoder(args.embedding, args.hidden, args.ae_layers, args.heads,
                           attention=args.attention)
     gen = GraphGenerator(ae, [g.num_nodes for g in train], args.flow_couplings,
-                         args.hidden, heads=args.heads, center_std=args.center_std)
+                         args.hidden, num_blocks=args.flow_blocks, heads=args.heads,
+                         center_std=args.center_std, mixing=args.flow_mixing)
     return ae, gen
 
 

@@ -57,3 +57,29 @@ def test_checkpoints_from_before_the_attention_flag_count_as_edges(tmp_path):
     assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
     with pytest.raises(ValueError, match='another configuration'):
         example.main(args[:-2] + ['--stage', 'eval'])  # default attention='all'
+
+
+def test_flow_blocks_and_mixing_flags_are_recorded_and_older_checkpoints_count_as_one_block(
+        tmp_path):
+    from torch_geometric_gnf.nn import InvertibleLinear
+    example = load_example()
+    assert example.LEGACY_CONFIG['flow_blocks'] == 1
+    assert example.LEGACY_CONFIG['flow_mixing'] == 'permutation'
+    args = example.parse_args(['--flow-blocks', '2', '--flow-mixing', 'linear', '--tiny'])
+    train = [g for g in example.load_dataset(args)][:8]
+    _, gen = example.build(args, train)
+    assert sum(isinstance(m, InvertibleLinear) for m in gen.modules()) == args.flow_couplings - 1
+    assert len(gen.flow.couplings[0].f.blocks) == 2
+    ckpt, out = str(tmp_path / 'ckpt'), str(tmp_path / 'out')
+    base = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt, '--out', out]
+    table = example.main(base)
+    path = os.path.join(ckpt, 'tiny_community_small_seed0.pt')
+    state = torch.load(path, weights_only=False)
+    assert (state['config']['flow_blocks'], state['config']['flow_mixing']) == (1, 'permutation')
+    for key in ('flow_blocks', 'flow_mixing'):  # as written before the flags existed
+        del state['config'][key]
+    torch.save(state, path)
+    again = example.main(base + ['--stage', 'eval'])
+    assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
+    with pytest.raises(ValueError, match='another configuration'):
+        example.main(base + ['--stage', 'eval', '--flow-mixing', 'linear'])

@@ -7,26 +7,33 @@ from torch_geometric.utils import is_undirected
 
 from torch_geometric_gnf.datasets.graphrnn import community_small_graphs
 from torch_geometric_gnf.models import GraphAutoEncoder, GraphGenerator
+from torch_geometric_gnf.nn import GraphAffineCoupling, InvertibleLinear
+
+
+MIXINGS = ['permutation', 'linear']
 
 
 def make_generator(node_counts=(3, 3, 5), channels=4, couplings=2, seed=0,
-                   perturb=True) -> GraphGenerator:
+                   perturb=True, mixing='permutation') -> GraphGenerator:
     torch.manual_seed(seed)
     ae = GraphAutoEncoder(embedding_channels=channels, hidden_channels=8,
                           num_layers=1, heads=2)
     gen = GraphGenerator(ae, list(node_counts), num_couplings=couplings,
-                         hidden_channels=8, heads=2)
+                         hidden_channels=8, heads=2, mixing=mixing)
     if perturb:  # couplings start as the identity; make them non-trivial
         with torch.no_grad():
             for coupling in gen.flow.couplings:
+                if not isinstance(coupling, GraphAffineCoupling):
+                    continue  # a learned mixing starts as a random rotation
                 for half in (coupling.f, coupling.g):
                     half.lin_out.weight.normal_(0, 0.5)
                     half.lin_out.bias.normal_(0, 0.5)
     return gen.double()
 
 
-def test_inverse_round_trip_and_nontrivial_map():
-    gen = make_generator()
+@pytest.mark.parametrize('mixing', MIXINGS)
+def test_inverse_round_trip_and_nontrivial_map(mixing):
+    gen = make_generator(mixing=mixing)
     x = torch.randn(11, 4, dtype=torch.float64)
     batch = torch.tensor([0] * 3 + [1] * 5 + [2] * 3)
     z = gen(x, batch)
@@ -34,8 +41,9 @@ def test_inverse_round_trip_and_nontrivial_map():
     assert torch.allclose(gen.inverse(z, batch), x, atol=1e-9)
 
 
-def test_log_prob_is_exact_change_of_variables():
-    gen = make_generator()
+@pytest.mark.parametrize('mixing', MIXINGS)
+def test_log_prob_is_exact_change_of_variables(mixing):
+    gen = make_generator(mixing=mixing)
     x = torch.randn(3, 4, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda v: gen(v.view(3, 4)).reshape(-1),
                                              x.reshape(-1))
@@ -44,8 +52,9 @@ def test_log_prob_is_exact_change_of_variables():
     assert gen.log_prob(x).item() == pytest.approx(expected.item(), abs=1e-8)
 
 
-def test_log_prob_is_permutation_invariant_and_batch_independent():
-    gen = make_generator()
+@pytest.mark.parametrize('mixing', MIXINGS)
+def test_log_prob_is_permutation_invariant_and_batch_independent(mixing):
+    gen = make_generator(mixing=mixing)
     graphs = [torch.randn(n, 4, dtype=torch.float64) for n in (3, 5, 2)]
     x = torch.cat(graphs)
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([3, 5, 2]))
@@ -127,6 +136,22 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match='shape'):
         gen.log_prob(torch.randn(3, 5))
     assert 'GraphGenerator(channels=4' in repr(gen)
+
+
+def test_linear_mixing_sits_between_the_couplings():
+    gen = make_generator(couplings=3, mixing='linear', perturb=False)
+    steps = list(gen.flow.couplings)
+    assert [type(m) for m in steps] == [GraphAffineCoupling, InvertibleLinear] * 2 + \
+        [GraphAffineCoupling]
+    assert gen.flow.permutation is None and gen.num_couplings == 3
+    assert 'mixing=linear' in repr(gen)
+    # couplings start as the identity, so only the mixings act: volume preserving
+    x = torch.randn(5, 4, dtype=torch.float64)
+    z = gen(x)
+    assert not torch.allclose(z, x)
+    assert torch.allclose(z.norm(dim=-1), x.norm(dim=-1), atol=1e-9)
+    with pytest.raises(ValueError, match="'mixing'"):
+        make_generator(mixing='swap')
 
 
 def test_embed_recentres_each_graph_without_changing_its_decoding():

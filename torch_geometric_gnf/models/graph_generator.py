@@ -5,7 +5,8 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
+from torch_geometric_gnf.nn import (GraphAffineCoupling, GraphNormalizingFlow,
+                                    InvertibleLinear)
 from torch_geometric_gnf.utils import check_batch, infer_num_graphs
 
 from ._dense_attention import DenseAttentionCoupling
@@ -50,6 +51,11 @@ class GraphGenerator(torch.nn.Module):
             (default: :obj:`2.0`)
         seed (int, optional): Seed of the fixed random channel permutations
             between couplings. (default: :obj:`0`)
+        mixing (str, optional): What sits between two couplings: a fixed
+            random channel :obj:`"permutation"`, or a learned
+            :class:`~torch_geometric_gnf.nn.InvertibleLinear` mixing of the
+            embedding channels (:obj:`"linear"`, Glow's 1x1 convolution on
+            every node). (default: :obj:`"permutation"`)
         center_std (float, optional): :meth:`embed` moves each graph's mean
             embedding to a random point :math:`\boldsymbol{\mu} \sim
             \mathcal{N}(\mathbf{0}, s^2\mathbf{I})` (:obj:`None`: keep the
@@ -62,7 +68,7 @@ class GraphGenerator(torch.nn.Module):
                  node_counts: Union[Sequence[int], Tensor], num_couplings: int = 10,
                  hidden_channels: int = 64, num_blocks: int = 1, heads: int = 4,
                  clamp: float = 2.0, seed: int = 0,
-                 center_std: Optional[float] = 0.1):
+                 center_std: Optional[float] = 0.1, mixing: str = 'permutation'):
         super().__init__()
         if not isinstance(auto_encoder, GraphAutoEncoder):
             raise TypeError(f"'auto_encoder' must be a GraphAutoEncoder (got "
@@ -77,21 +83,30 @@ class GraphGenerator(torch.nn.Module):
                              "node counts")
         if center_std is not None and center_std < 0:
             raise ValueError(f"'center_std' must be non-negative (got {center_std})")
+        if mixing not in ('permutation', 'linear'):
+            raise ValueError(f"'mixing' must be 'permutation' or 'linear' (got '{mixing}')")
         self.auto_encoder = auto_encoder
         self.channels = channels
         self.center_std = center_std
         half = channels // 2
-        couplings = [
-            GraphAffineCoupling(
+        steps = []
+        for i in range(num_couplings):
+            if i > 0 and mixing == 'linear':
+                steps.append(InvertibleLinear(channels))
+            steps.append(GraphAffineCoupling(
                 DenseAttentionCoupling(half, hidden_channels, num_blocks, heads),
                 DenseAttentionCoupling(half, hidden_channels, num_blocks, heads),
-                clamp=clamp, memory_saving=False)  # tiny graphs: speed over memory
-            for _ in range(num_couplings)
-        ]
-        self.flow = GraphNormalizingFlow(couplings, channels, permutation='random',
-                                         seed=seed)
+                clamp=clamp, memory_saving=False))  # tiny graphs: speed over memory
+        self.mixing = mixing
+        self.flow = GraphNormalizingFlow(
+            steps, channels, permutation='random' if mixing == 'permutation' else None,
+            seed=seed)
         probs = torch.bincount(counts).to(torch.get_default_dtype())
         self.register_buffer('node_count_probs', probs / probs.sum())
+
+    @property
+    def num_couplings(self) -> int:
+        return sum(isinstance(step, GraphAffineCoupling) for step in self.flow.couplings)
 
     def reset_parameters(self):
         r"""Resets the flow (the auto-encoder is left as trained)."""
@@ -193,5 +208,5 @@ class GraphGenerator(torch.nn.Module):
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(channels={self.channels}, '
-                f'couplings={len(self.flow.couplings)}, '
+                f'couplings={self.num_couplings}, mixing={self.mixing}, '
                 f'max_nodes={self.node_count_probs.numel() - 1})')
