@@ -39,10 +39,20 @@ def test_tiny_mode_end_to_end(tiny_run, capsys):
                 assert v > r['floor_joint'][0] - 4 * r['floor_joint'][1]
             assert len(r['samples'][model]) == 5
         assert r['floor_joint'][0] < r['floor_independent'][0]
+        # the exact density on the very test sets: near the Monte Carlo floors,
+        # and below every (barely trained) model's test NLL
+        assert r['test_size'] == 256
+        assert r['test_floor_joint'] < r['test_floor_independent']
+        assert abs(r['test_floor_joint'] - r['floor_joint'][0]) < 0.2
+        assert abs(r['test_floor_independent'] - r['floor_independent'][0]) < 0.2
+        for model in ('gnf', 'realnvp'):
+            assert min(r['nll'][model]) > r['test_floor_joint']
+        assert min(r['nll']['realnvp']) > r['test_floor_independent']
         png = out / f"density_{r['dataset']}.png"
         assert png.exists() and 0 < png.stat().st_size < 300_000
     table = (out / 'density_estimation.md').read_text()
-    for row in ('paper GNF', 'our GNF', 'our RealNVP', 'floor, joint', 'floor, independent'):
+    for row in ('paper GNF', 'our GNF', 'our RealNVP', 'floor, joint', 'floor, independent',
+                'exact density on the test sets'):
         assert row in table
     assert '6 half-moons' in table and 'MoG ring' in table
     with open(path) as f:
@@ -78,10 +88,24 @@ def test_combine_refuses_mixed_configurations(tiny_run, tmp_path):
         example.main(['--combine', path, other_path, '--out', str(tmp_path), '--no-plot'])
 
 
+def test_files_without_test_floors_get_them_from_the_regenerated_test_sets(tiny_run):
+    example, out, path, results = tiny_run
+    for r in results:
+        old = {k: v for k, v in r.items() if not k.startswith('test_floor')}
+        filled = example.add_test_floors(old)
+        assert filled['test_floor_joint'] == pytest.approx(r['test_floor_joint'], abs=1e-12)
+        assert filled['test_floor_independent'] == pytest.approx(
+            r['test_floor_independent'], abs=1e-12)
+    # a file from before test_size was recorded was scored on the default 10,000 sets
+    old = {k: v for k, v in results[0].items() if not k.startswith('test_')}
+    assert example.add_test_floors(old)['test_size'] == 10000
+
+
 def test_default_steps_per_dataset():
     example = _load_example()
     args = example.parse_args([])
     assert args.steps is None and (args.couplings, args.hidden) == (12, 64)
+    assert (args.blocks, args.mixing) == (2, 'linear')  # the best setting (round 4)
     assert example.parse_args(['--tiny']).steps == 50
     assert example.parse_args(['--steps', '7']).steps == 7
     assert set(example.DEFAULT_STEPS) == set(example.DENSITY_DATASETS)
@@ -100,24 +124,33 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
     with open(path) as f:
         runs = json.load(f)
     assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation'}
-    for key, value in example.LEGACY_CONFIG.items():  # the defaults never changed
-        assert runs[0]['config'][key] == value
-    args = example.parse_args(['--clip', '1', '--mixing', 'linear'])
-    assert (args.clip, args.mixing) == (1.0, 'linear')
-    for r in runs:  # a file written before --clip and --mixing existed
-        for key in example.LEGACY_CONFIG:
-            del r['config'][key]
+    assert runs[0]['config']['clip'] == 10.0  # the default never changed
+    assert runs[0]['config']['mixing'] == 'linear'  # the default since round 4
+    args = example.parse_args(['--clip', '1', '--mixing', 'permutation'])
+    assert (args.clip, args.mixing) == (1.0, 'permutation')
+    # a run with the values that files written before --clip / --mixing had
+    legacy = [{**r, 'config': {**r['config'], **example.LEGACY_CONFIG}} for r in runs]
+    legacy_path = str(tmp_path / 'legacy.json')
+    with open(legacy_path, 'w') as f:
+        json.dump(legacy, f)
+    old = [{**r, 'config': {k: v for k, v in r['config'].items()
+                            if k not in example.LEGACY_CONFIG}} for r in runs]
     old_path = str(tmp_path / 'old.json')
     with open(old_path, 'w') as f:
-        json.dump(runs, f)
-    merged = example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
+        json.dump(old, f)
+    merged = example.main(['--combine', legacy_path, old_path, '--out', str(tmp_path),
+                           '--no-plot'])
     assert merged[0]['nll']['gnf'] == results[0]['nll']['gnf'] * 2
+    # the old file means channel swaps: it does not pool with a learned-mixing run
+    with pytest.raises(ValueError, match='combine runs of one configuration'):
+        example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
     for key, other in (('clip', 1.0), ('mixing', 'linear')):
-        changed = [{**r, 'config': {**r['config'], key: other}} for r in runs]
+        changed = [{**r, 'config': {**r['config'], key: other}} for r in legacy]
         with open(old_path, 'w') as f:
             json.dump(changed, f)
         with pytest.raises(ValueError, match='combine runs of one configuration'):
-            example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
+            example.main(['--combine', legacy_path, old_path, '--out', str(tmp_path),
+                          '--no-plot'])
 
 
 def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
@@ -134,6 +167,6 @@ def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
     test = example.DENSITY_DATASETS['mog'](256, seed=2).sets
     untrained = example.build_set_flow('gnf', channels=2, num_couplings=args.couplings,
                                        hidden=args.hidden, heads=args.heads,
-                                       mixing='linear', loc=flow.flow.couplings[0].loc,
+                                       num_blocks=args.blocks, mixing='linear', loc=flow.flow.couplings[0].loc,
                                        scale=flow.flow.couplings[0].scale)
     assert example.evaluate(flow, test) < example.evaluate(untrained, test) - 0.3
