@@ -5,12 +5,12 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from torch_geometric_gnf.nn import (GraphAffineCoupling, GraphNormalizingFlow,
-                                    InvertibleLinear)
+from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
 from torch_geometric_gnf.utils import check_batch, infer_num_graphs
 
 from ._dense_attention import DenseAttentionCoupling
 from .graph_auto_encoder import GraphAutoEncoder
+from .set_flow import coupling_steps
 
 
 class GraphGenerator(torch.nn.Module):
@@ -83,20 +83,16 @@ class GraphGenerator(torch.nn.Module):
                              "node counts")
         if center_std is not None and center_std < 0:
             raise ValueError(f"'center_std' must be non-negative (got {center_std})")
-        if mixing not in ('permutation', 'linear'):
-            raise ValueError(f"'mixing' must be 'permutation' or 'linear' (got '{mixing}')")
         self.auto_encoder = auto_encoder
         self.channels = channels
         self.center_std = center_std
         half = channels // 2
-        steps = []
-        for i in range(num_couplings):
-            if i > 0 and mixing == 'linear':
-                steps.append(InvertibleLinear(channels))
-            steps.append(GraphAffineCoupling(
+        steps = coupling_steps(
+            lambda: GraphAffineCoupling(
                 DenseAttentionCoupling(half, hidden_channels, num_blocks, heads),
                 DenseAttentionCoupling(half, hidden_channels, num_blocks, heads),
-                clamp=clamp, memory_saving=False))  # tiny graphs: speed over memory
+                clamp=clamp, memory_saving=False),  # tiny graphs: speed over memory
+            num_couplings, channels, mixing)
         self.mixing = mixing
         self.flow = GraphNormalizingFlow(
             steps, channels, permutation='random' if mixing == 'permutation' else None,

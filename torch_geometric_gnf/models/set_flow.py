@@ -2,7 +2,7 @@ r"""Flows over sets of points for structured density estimation (paper
 section 5.1): a graph normalizing flow whose couplings pass self-attention
 messages over the fully connected graph of each set, and the RealNVP
 baseline, the same flow with the message passing removed."""
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -12,6 +12,24 @@ from torch_geometric_gnf.nn import (DenseSelfAttention, GraphAffineCoupling,
 from torch_geometric_gnf.utils import nodes_per_graph
 
 MIXINGS = ('permutation', 'linear')
+
+
+def coupling_steps(make_coupling: Callable[[], torch.nn.Module], num_couplings: int,
+                   channels: int, mixing: str) -> List[torch.nn.Module]:
+    r"""The steps of a flow of :obj:`num_couplings` couplings built by
+    :obj:`make_coupling`, with a learned
+    :class:`~torch_geometric_gnf.nn.InvertibleLinear` between every two of
+    them when :obj:`mixing="linear"` (with :obj:`"permutation"` the flow's
+    fixed channel permutations do that job).  Modules are created in flow
+    order, so a seed gives the same initial weights as before."""
+    if mixing not in MIXINGS:
+        raise ValueError(f"'mixing' must be one of {MIXINGS} (got '{mixing}')")
+    steps = []
+    for i in range(num_couplings):
+        if i > 0 and mixing == 'linear':
+            steps.append(InvertibleLinear(channels))
+        steps.append(make_coupling())
+    return steps
 
 
 class SetCouplingNet(torch.nn.Module):
@@ -168,8 +186,6 @@ class SetFlow(torch.nn.Module):
             raise ValueError(f"'channels' must be even and >= 2 (got {channels})")
         if num_couplings < 1:
             raise ValueError(f"'num_couplings' must be positive (got {num_couplings})")
-        if mixing not in MIXINGS:
-            raise ValueError(f"'mixing' must be one of {MIXINGS} (got '{mixing}')")
         self.channels = channels
         self.mixing = mixing
         self.message_passing = message_passing
@@ -179,12 +195,9 @@ class SetFlow(torch.nn.Module):
             return SetCouplingNet(half, 2 * half, hidden, heads, num_blocks,
                                   message_passing)
 
-        steps = []
-        for i in range(num_couplings):
-            if i > 0 and mixing == 'linear':
-                steps.append(InvertibleLinear(channels))
-            steps.append(GraphAffineCoupling(net(), net(), clamp=clamp,
-                                             memory_saving=False))
+        steps = coupling_steps(
+            lambda: GraphAffineCoupling(net(), net(), clamp=clamp, memory_saving=False),
+            num_couplings, channels, mixing)
         if mixing == 'linear':
             permutation = None  # the learned mixing replaces it
         if (loc is None) != (scale is None):
