@@ -83,3 +83,35 @@ def test_flow_blocks_and_mixing_flags_are_recorded_and_older_checkpoints_count_a
     assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
     with pytest.raises(ValueError, match='another configuration'):
         example.main(base + ['--stage', 'eval', '--flow-mixing', 'linear'])
+
+
+def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):
+    # --first-seed lets seeds train in parallel (--stage train) and be
+    # evaluated together (--stage eval): same checkpoints, same table.
+    example = load_example()
+    base = ['--dataset', 'community_small', '--tiny', '--out', str(tmp_path / 'out')]
+    together = str(tmp_path / 'together')
+    table = example.main(base + ['--seeds', '2', '--checkpoint-dir', together])
+    assert 'seed(s) 0, 1;' in table
+    apart = str(tmp_path / 'apart')
+    for seed in ('1', '0'):
+        assert example.main(base + ['--first-seed', seed, '--stage', 'train',
+                                    '--checkpoint-dir', apart]) == ''
+    for seed in (0, 1):
+        a = torch.load(os.path.join(together, f'tiny_community_small_seed{seed}.pt'),
+                       weights_only=False)['model']
+        b = torch.load(os.path.join(apart, f'tiny_community_small_seed{seed}.pt'),
+                       weights_only=False)['model']
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # the two seeds really differ, so the comparison above can fail
+    assert not all(torch.equal(a[k], torch.load(
+        os.path.join(apart, 'tiny_community_small_seed0.pt'), weights_only=False)['model'][k])
+        for k in a)
+    again = example.main(base + ['--seeds', '2', '--stage', 'eval', '--checkpoint-dir', apart])
+    strip = [line for line in table.splitlines() if not line.startswith('Training time')]
+    assert [line for line in again.splitlines() if not line.startswith('Training time')] == strip
+    only_second = example.main(base + ['--first-seed', '1', '--stage', 'eval',
+                                       '--checkpoint-dir', apart])
+    assert 'seed(s) 1;' in only_second
+    with pytest.raises(SystemExit):
+        example.parse_args(['--seeds', '0'])
