@@ -104,6 +104,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--temperatures', type=float, nargs='+',
                    default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     p.add_argument('--center-std', type=float, default=0.1)
+    p.add_argument('--ae-embedding-noise', type=float, default=0.0,
+                   help='std of the Gaussian noise added to the embeddings '
+                        'before decoding in auto-encoder training (and to the '
+                        "flow's training embeddings): a margin around the "
+                        "decoder's threshold")
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--stage', choices=['all', 'train', 'eval'], default='all')
     p.add_argument('--checkpoint-dir',
@@ -149,15 +154,18 @@ def minibatch(graphs: List, size: int, gen: torch.Generator) -> Batch:
 def config_of(args) -> Dict:
     keys = ('dataset', 'embedding', 'hidden', 'heads', 'ae_layers', 'ae_steps',
             'flow_couplings', 'flow_steps', 'batch_size', 'lr', 'data_json',
-            'center_std', 'attention', 'flow_blocks', 'flow_mixing')
+            'center_std', 'attention', 'flow_blocks', 'flow_mixing',
+            'ae_embedding_noise')
     return {k: getattr(args, k) for k in keys}
 
 
 # Config keys added after checkpoints were written, with the value those
 # earlier runs used (the encoder attended over edges before --attention; the
 # flow had one block per network and channel permutations before
-# --flow-blocks / --flow-mixing).
-LEGACY_CONFIG = {'attention': 'edges', 'flow_blocks': 1, 'flow_mixing': 'permutation'}
+# --flow-blocks / --flow-mixing, and decoded the embeddings without noise
+# before --ae-embedding-noise).
+LEGACY_CONFIG = {'attention': 'edges', 'flow_blocks': 1, 'flow_mixing': 'permutation',
+                 'ae_embedding_noise': 0.0}
 
 
 def same_config(saved: Dict, args) -> bool:
@@ -166,7 +174,7 @@ def same_config(saved: Dict, args) -> bool:
 
 def build(args, train: List):
     ae = GraphAutoEncoder(args.embedding, args.hidden, args.ae_layers, args.heads,
-                          attention=args.attention)
+                          attention=args.attention, embedding_noise=args.ae_embedding_noise)
     gen = GraphGenerator(ae, [g.num_nodes for g in train], args.flow_couplings,
                          args.hidden, num_blocks=args.flow_blocks, heads=args.heads,
                          center_std=args.center_std, mixing=args.flow_mixing)

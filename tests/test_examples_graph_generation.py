@@ -76,13 +76,31 @@ def test_flow_blocks_and_mixing_flags_are_recorded_and_older_checkpoints_count_a
     path = os.path.join(ckpt, 'tiny_community_small_seed0.pt')
     state = torch.load(path, weights_only=False)
     assert (state['config']['flow_blocks'], state['config']['flow_mixing']) == (1, 'permutation')
-    for key in ('flow_blocks', 'flow_mixing'):  # as written before the flags existed
+    assert state['config']['ae_embedding_noise'] == 0.0
+    for key in ('flow_blocks', 'flow_mixing', 'ae_embedding_noise'):  # before the flags
         del state['config'][key]
     torch.save(state, path)
     again = example.main(base + ['--stage', 'eval'])
     assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
     with pytest.raises(ValueError, match='another configuration'):
         example.main(base + ['--stage', 'eval', '--flow-mixing', 'linear'])
+    with pytest.raises(ValueError, match='another configuration'):
+        example.main(base + ['--stage', 'eval', '--ae-embedding-noise', '0.1'])
+
+
+def test_embedding_noise_flag_reaches_the_auto_encoder(tmp_path):
+    example = load_example()
+    assert example.LEGACY_CONFIG['ae_embedding_noise'] == 0.0
+    args = example.parse_args(['--tiny', '--ae-embedding-noise', '0.2'])
+    train = [g for g in example.load_dataset(args)][:8]
+    ae, gen = example.build(args, train)
+    assert ae.embedding_noise == 0.2 and gen.auto_encoder is ae
+    assert example.config_of(args)['ae_embedding_noise'] == 0.2
+    ckpt = str(tmp_path / 'ckpt')
+    example.main(['--dataset', 'community_small', '--tiny', '--ae-embedding-noise', '0.2',
+                  '--checkpoint-dir', ckpt, '--out', str(tmp_path / 'out')])
+    state = torch.load(os.path.join(ckpt, 'tiny_community_small_seed0.pt'), weights_only=False)
+    assert state['config']['ae_embedding_noise'] == 0.2
 
 
 def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):

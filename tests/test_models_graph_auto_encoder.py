@@ -146,3 +146,56 @@ def test_pair_logits_are_symmetric_with_positive_diagonal():
     logits = pair_logits(z)
     assert torch.allclose(logits, logits.transpose(1, 2))
     assert torch.allclose(torch.diagonal(logits, dim1=1, dim2=2), torch.full((2, 5), C))
+
+
+def test_embedding_noise_perturbs_decoding_in_training_mode_only():
+    ae = GraphAutoEncoder(embedding_channels=2, hidden_channels=8, num_layers=1, heads=2,
+                          embedding_noise=0.3).double()
+    z = torch.tensor(Z3, dtype=torch.float64)
+    clean = GraphAutoEncoder(embedding_channels=2, hidden_channels=8, num_layers=1,
+                             heads=2).double()
+    exact = clean.loss(path3(), z)[0]
+    ae.eval()  # evaluation decodes the embeddings themselves: eq. 5 exactly
+    assert ae.loss(path3(), z)[0].item() == pytest.approx(exact.item(), rel=1e-12)
+    ae.train()
+    torch.manual_seed(0)
+    draws = torch.stack([ae.loss(path3(), z)[0] for _ in range(200)])
+    assert draws.std() > 0.1  # a fresh perturbation every call
+    # by hand: the BCE of the embeddings plus the noise that loss() drew
+    torch.manual_seed(1)
+    noisy = ae.loss(path3(), z)[0]
+    torch.manual_seed(1)
+    eps = torch.randn(1, 3, 2, dtype=torch.float64) * 0.3
+    assert noisy.item() == pytest.approx(clean.loss(path3(), z + eps[0])[0].item(), rel=1e-9)
+    clean.train()  # no noise: training mode changes nothing
+    assert clean.loss(path3(), z)[0].item() == pytest.approx(exact.item(), rel=1e-12)
+    for bad in (-0.1, float('nan')):
+        with pytest.raises(ValueError, match='embedding_noise'):
+            GraphAutoEncoder(embedding_noise=bad)
+    assert 'embedding_noise=0.3' in repr(ae)
+
+
+def test_embedding_noise_gives_a_margin_around_the_threshold():
+    # The same encoder trained with and without decoder-side noise: with noise
+    # fewer node pairs end up near the threshold ||xi - xj||^2 = 1.
+    from torch_geometric_gnf.models.graph_auto_encoder import pair_mask
+    graphs = community_small_graphs(seed=3)[:16]
+    batch = Batch.from_data_list(graphs)
+    near = {}
+    for noise in (0.0, 0.3):
+        torch.manual_seed(0)
+        ae = GraphAutoEncoder(embedding_channels=4, hidden_channels=16, num_layers=2,
+                              heads=2, embedding_noise=noise)
+        opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
+        for _ in range(150):
+            bce, nodes = ae.loss(batch)
+            opt.zero_grad()
+            (bce / nodes).backward()
+            opt.step()
+        ae.eval()
+        with torch.no_grad():
+            _, mask, adj = ae._dense(batch.edge_index, batch.batch, None)
+            z = ae._encode_dense(mask, adj)
+        gap = (torch.cdist(z, z).pow(2) - 1)[pair_mask(mask)].abs()
+        near[noise] = [(gap < w).float().mean().item() for w in (0.1, 0.2, 0.4)]
+    assert all(a < 0.6 * b for a, b in zip(near[0.3], near[0.0]))

@@ -173,3 +173,19 @@ def test_embed_recentres_each_graph_without_changing_its_decoding():
                        ae.to_graphs(x_centred, batch.batch).edge_index)
     with pytest.raises(ValueError, match='center_std'):
         GraphGenerator(ae, [3], center_std=-1.0)
+
+
+def test_embed_adds_the_auto_encoders_embedding_noise():
+    graphs = community_small_graphs(seed=5)[::20]
+    batch = Batch.from_data_list(graphs)
+    ae = GraphAutoEncoder(embedding_channels=4, hidden_channels=8, num_layers=2, heads=2)
+    gen = GraphGenerator(ae, [3], num_couplings=1, hidden_channels=8, heads=2,
+                         center_std=None)
+    torch.manual_seed(7)
+    clean = gen.embed(batch)
+    ae.embedding_noise = 0.5
+    torch.manual_seed(7)
+    noisy = gen.embed(batch)  # same encoder input noise, then the embedding noise
+    diff = noisy - clean
+    assert diff.std().item() == pytest.approx(0.5, rel=0.15)
+    assert diff.mean().abs().item() < 0.1

@@ -89,11 +89,19 @@ class GraphAutoEncoder(torch.nn.Module):
             :math:`\mathrm{softmax}_j(\mathbf{q}_i^\top \mathbf{k}_j /
             \sqrt{d} + b A_{ij})`, so that nodes also see whom they are
             *not* linked to. (default: :obj:`"edges"`)
+        embedding_noise (float, optional): In training mode, :meth:`loss`
+            decodes :math:`\mathbf{x}_i + \boldsymbol{\epsilon}_i`,
+            :math:`\boldsymbol{\epsilon}_i \sim \mathcal{N}(\mathbf{0},
+            s^2 \mathbf{I})`, so that the encoder keeps every pair's distance
+            a margin away from the decoder's threshold and the decoder reads
+            slightly wrong embeddings (a generative model's samples) right.
+            Evaluation mode decodes the embeddings themselves.
+            (default: :obj:`0.0`)
     """
     def __init__(self, embedding_channels: int = 8, hidden_channels: int = 64,
                  num_layers: int = 10, heads: int = 4, noise_channels: int = 16,
                  noise_variance: float = 0.3, temperature: float = 10.0,
-                 attention: str = 'edges'):
+                 attention: str = 'edges', embedding_noise: float = 0.0):
         super().__init__()
         if attention not in ATTENTION:
             raise ValueError(f"'attention' must be one of {ATTENTION} (got {attention!r})")
@@ -105,6 +113,8 @@ class GraphAutoEncoder(torch.nn.Module):
                 raise ValueError(f"'{name}' must be a positive int (got {value!r})")
         if noise_variance <= 0 or temperature <= 0:
             raise ValueError("'noise_variance' and 'temperature' must be positive")
+        if not embedding_noise >= 0:  # also refuses NaN
+            raise ValueError(f"'embedding_noise' must be non-negative (got {embedding_noise})")
         self.embedding_channels = embedding_channels
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
@@ -113,6 +123,7 @@ class GraphAutoEncoder(torch.nn.Module):
         self.noise_variance = float(noise_variance)
         self.temperature = float(temperature)
         self.attention = attention
+        self.embedding_noise = float(embedding_noise)
         # 'all': one learned logit offset per layer and head for linked pairs.
         self.edge_bias = torch.nn.Parameter(torch.empty(num_layers, heads)) \
             if attention == 'all' else None
@@ -232,6 +243,8 @@ class GraphAutoEncoder(torch.nn.Module):
         edge_index, batch, num_nodes = self._unpack(data)
         batch, mask, adj = self._dense(edge_index, batch, num_nodes)
         zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
+        if self.training and self.embedding_noise > 0:
+            zd = zd + torch.randn_like(zd) * self.embedding_noise
         logits = pair_logits(zd, self.temperature)
         pairs = pair_mask(mask)
         bce = F.binary_cross_entropy_with_logits(logits[pairs], adj[pairs].to(logits.dtype),
@@ -253,7 +266,8 @@ class GraphAutoEncoder(torch.nn.Module):
         return (f'{self.__class__.__name__}(embedding={self.embedding_channels}, '
                 f'hidden={self.hidden_channels}, layers={self.num_layers}, '
                 f'heads={self.heads}, C={self.temperature}, '
-                f'attention={self.attention})')
+                f'attention={self.attention}, '
+                f'embedding_noise={self.embedding_noise:g})')
 
 
 def dense_to_batch(adj: Tensor, mask: Tensor, x: Optional[Tensor] = None) -> Batch:

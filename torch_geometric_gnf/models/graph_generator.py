@@ -117,7 +117,9 @@ class GraphGenerator(torch.nn.Module):
     def embed(self, data) -> Tensor:
         r"""Node embeddings of a graph batch from the auto-encoder's encoder
         (fresh input noise each call: a new draw of the training data),
-        re-centred per graph as set by :obj:`center_std`."""
+        re-centred per graph as set by :obj:`center_std`, plus the
+        auto-encoder's :obj:`embedding_noise` (the flow then models the
+        noise-smoothed embeddings, which its decoder was trained to read)."""
         edge_index, batch, num_nodes = GraphAutoEncoder._unpack(data)
         x = self.auto_encoder.encode(edge_index, batch, num_nodes)
         if self.center_std is not None:
@@ -126,6 +128,8 @@ class GraphGenerator(torch.nn.Module):
             mean = scatter(x, batch, 0, reduce='mean')
             offset = torch.randn_like(mean) * self.center_std
             x = x + (offset - mean)[batch]
+        if self.auto_encoder.embedding_noise > 0:
+            x = x + torch.randn_like(x) * self.auto_encoder.embedding_noise
         return x
 
     def log_prob(self, x: Tensor, batch: Optional[Tensor] = None,
