@@ -109,6 +109,22 @@ def test_default_steps_per_dataset():
     assert example.parse_args(['--tiny']).steps == 50
     assert example.parse_args(['--steps', '7']).steps == 7
     assert set(example.DEFAULT_STEPS) == set(example.DENSITY_DATASETS)
+    # the learning rate and warm-up are per data set too; --tiny and explicit
+    # values override them
+    assert args.lr is None and args.warmup is None
+    for table in (example.DEFAULT_LR, example.DEFAULT_WARMUP):
+        assert set(table) == set(example.DENSITY_DATASETS)
+    assert example.parse_args(['--tiny']).warmup == 10
+    assert example.parse_args(['--warmup', '3']).warmup == 3
+    for name in example.DENSITY_DATASETS:
+        filled = example.dataset_args(name, args)
+        assert (filled.steps, filled.lr, filled.warmup) == (
+            example.DEFAULT_STEPS[name], example.DEFAULT_LR[name], example.DEFAULT_WARMUP[name])
+        assert filled.warmup < filled.steps
+    assert args.steps is None  # the caller's namespace is left as it was
+    given = example.dataset_args('moons6', example.parse_args(
+        ['--steps', '9', '--lr', '0.5', '--warmup', '2']))
+    assert (given.steps, given.lr, given.warmup) == (9, 0.5, 2)
 
 
 def test_failed_combine_leaves_input_checks_on(tiny_run, tmp_path):
@@ -156,8 +172,9 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
 def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
     from torch_geometric_gnf.nn import InvertibleLinear
     example = _load_example()
-    args = example.parse_args(['--dataset', 'mog', '--tiny', '--steps', '40',
-                               '--mixing', 'linear', '--out', str(tmp_path)])
+    args = example.dataset_args('mog', example.parse_args(
+        ['--dataset', 'mog', '--tiny', '--steps', '40', '--mixing', 'linear',
+         '--out', str(tmp_path)]))
     train = example.DENSITY_DATASETS['mog'](args.train_size, seed=1)
     flow = example.train_flow('gnf', train, args, seed=0)
     mixings = [m for m in flow.modules() if isinstance(m, InvertibleLinear)]
