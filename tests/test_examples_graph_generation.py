@@ -115,16 +115,19 @@ def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):
     for seed in ('1', '0'):
         assert example.main(base + ['--first-seed', seed, '--stage', 'train',
                                     '--checkpoint-dir', apart]) == ''
+    def weights(folder, seed):
+        return torch.load(os.path.join(folder, f'tiny_community_small_seed{seed}.pt'),
+                          weights_only=False)['model']
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    runs = {(folder, seed): weights(folder, seed) for folder in (together, apart)
+            for seed in (0, 1)}
     for seed in (0, 1):
-        a = torch.load(os.path.join(together, f'tiny_community_small_seed{seed}.pt'),
-                       weights_only=False)['model']
-        b = torch.load(os.path.join(apart, f'tiny_community_small_seed{seed}.pt'),
-                       weights_only=False)['model']
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert same(runs[together, seed], runs[apart, seed])
     # the two seeds really differ, so the comparison above can fail
-    assert not all(torch.equal(a[k], torch.load(
-        os.path.join(apart, 'tiny_community_small_seed0.pt'), weights_only=False)['model'][k])
-        for k in a)
+    assert not same(runs[apart, 0], runs[apart, 1])
     again = example.main(base + ['--seeds', '2', '--stage', 'eval', '--checkpoint-dir', apart])
     strip = [line for line in table.splitlines() if not line.startswith('Training time')]
     assert [line for line in again.splitlines() if not line.startswith('Training time')] == strip

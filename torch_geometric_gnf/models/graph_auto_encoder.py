@@ -235,6 +235,13 @@ class GraphAutoEncoder(torch.nn.Module):
         adj = (logits > thr) & pair_mask(mask)
         return dense_to_batch(adj | adj.transpose(1, 2), mask, x=z)
 
+    def add_embedding_noise(self, z: Tensor) -> Tensor:
+        r""":obj:`z` plus Gaussian noise of std :obj:`embedding_noise`
+        (:obj:`z` itself when it is 0)."""
+        if self.embedding_noise == 0:
+            return z
+        return z + torch.randn_like(z) * self.embedding_noise
+
     # ------------------------------------------------------------ objectives
     def loss(self, data, z: Optional[Tensor] = None) -> Tuple[Tensor, int]:
         r"""Summed binary cross-entropy (eq. 5) over the unordered node pairs
@@ -243,8 +250,8 @@ class GraphAutoEncoder(torch.nn.Module):
         edge_index, batch, num_nodes = self._unpack(data)
         batch, mask, adj = self._dense(edge_index, batch, num_nodes)
         zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
-        if self.training and self.embedding_noise > 0:
-            zd = zd + torch.randn_like(zd) * self.embedding_noise
+        if self.training:
+            zd = self.add_embedding_noise(zd)
         logits = pair_logits(zd, self.temperature)
         pairs = pair_mask(mask)
         bce = F.binary_cross_entropy_with_logits(logits[pairs], adj[pairs].to(logits.dtype),

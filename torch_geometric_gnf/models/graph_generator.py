@@ -128,9 +128,7 @@ class GraphGenerator(torch.nn.Module):
             mean = scatter(x, batch, 0, reduce='mean')
             offset = torch.randn_like(mean) * self.center_std
             x = x + (offset - mean)[batch]
-        if self.auto_encoder.embedding_noise > 0:
-            x = x + torch.randn_like(x) * self.auto_encoder.embedding_noise
-        return x
+        return self.auto_encoder.add_embedding_noise(x)
 
     def log_prob(self, x: Tensor, batch: Optional[Tensor] = None,
                  num_graphs: Optional[int] = None) -> Tensor:
