@@ -71,7 +71,8 @@ def test_flow_blocks_and_mixing_flags_are_recorded_and_older_checkpoints_count_a
     assert sum(isinstance(m, InvertibleLinear) for m in gen.modules()) == args.flow_couplings - 1
     assert len(gen.flow.couplings[0].f.blocks) == 2
     ckpt, out = str(tmp_path / 'ckpt'), str(tmp_path / 'out')
-    base = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt, '--out', out]
+    base = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt, '--out', out,
+            '--flow-blocks', '1', '--flow-mixing', 'permutation']
     table = example.main(base)
     path = os.path.join(ckpt, 'tiny_community_small_seed0.pt')
     state = torch.load(path, weights_only=False)
@@ -86,6 +87,19 @@ def test_flow_blocks_and_mixing_flags_are_recorded_and_older_checkpoints_count_a
         example.main(base + ['--stage', 'eval', '--flow-mixing', 'linear'])
     with pytest.raises(ValueError, match='another configuration'):
         example.main(base + ['--stage', 'eval', '--ae-embedding-noise', '0.1'])
+
+
+def test_flow_defaults_are_two_blocks_learned_mixing_and_per_data_set_steps():
+    example = load_example()
+    community = example.parse_args(['--dataset', 'community_small'])
+    ego = example.parse_args(['--dataset', 'ego_small'])
+    assert (community.flow_blocks, community.flow_mixing) == (2, 'linear')
+    assert community.flow_steps == example.DEFAULT_FLOW_STEPS['community_small'] == 16000
+    assert ego.flow_steps == example.DEFAULT_FLOW_STEPS['ego_small'] == 8000
+    assert example.parse_args(['--dataset', 'ego_small', '--flow-steps', '123']).flow_steps == 123
+    assert example.parse_args(['--dataset', 'community_small', '--tiny']).flow_steps == 20
+    old = example.parse_args(['--flow-blocks', '1', '--flow-mixing', 'permutation'])
+    assert (old.flow_blocks, old.flow_mixing) == (1, 'permutation')
 
 
 def test_embedding_noise_flag_reaches_the_auto_encoder(tmp_path):
