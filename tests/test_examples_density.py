@@ -112,6 +112,7 @@ def test_default_steps_per_dataset():
     # the learning rate and warm-up are per data set too; --tiny and explicit
     # values override them
     assert args.lr is None and args.warmup is None
+    assert (args.ema, args.select) == (0.0, 'last')  # the raw final weights
     for table in (example.DEFAULT_LR, example.DEFAULT_WARMUP):
         assert set(table) == set(example.DENSITY_DATASETS)
     assert example.parse_args(['--tiny']).warmup == 10
@@ -139,7 +140,8 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
     example, out, path, results = tiny_run
     with open(path) as f:
         runs = json.load(f)
-    assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation'}
+    assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0,
+                                     'select': 'last'}
     assert runs[0]['config']['clip'] == 10.0  # the default never changed
     assert runs[0]['config']['mixing'] == 'linear'  # the default since round 4
     args = example.parse_args(['--clip', '1', '--mixing', 'permutation'])
@@ -160,7 +162,8 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
     # the old file means channel swaps: it does not pool with a learned-mixing run
     with pytest.raises(ValueError, match='combine runs of one configuration'):
         example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
-    for key, other in (('clip', 1.0), ('mixing', 'linear')):
+    for key, other in (('clip', 1.0), ('mixing', 'linear'), ('ema', 0.999),
+                       ('select', 'best')):
         changed = [{**r, 'config': {**r['config'], key: other}} for r in legacy]
         with open(old_path, 'w') as f:
             json.dump(changed, f)
@@ -187,3 +190,52 @@ def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
                                        num_blocks=args.blocks, mixing='linear', loc=flow.flow.couplings[0].loc,
                                        scale=flow.flow.couplings[0].scale)
     assert example.evaluate(flow, test) < example.evaluate(untrained, test) - 0.3
+
+
+def _tiny_args(example, *extra):
+    # warm-up longer than the run: the learning rate of step t does not
+    # depend on --steps, so runs of 1 and 2 steps share their first step
+    return example.dataset_args('moons6', example.parse_args(
+        ['--dataset', 'moons6', '--tiny', '--warmup', '10', '--eval-every', '1', *extra]))
+
+
+def test_ema_scores_the_moving_average_of_the_weights():
+    example = _load_example()
+    train = example.DENSITY_DATASETS['moons6'](64, seed=1)
+    raw = [example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', str(steps), '--ema', '0', '--select', 'last'), seed=0)
+        for steps in (1, 2)]
+    averaged = example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '2', '--ema', '0.9', '--select', 'last'), seed=0)
+    # the average starts at the first step's weights, then decays by 0.9 a step
+    moved = 0.0
+    for (name, p1), p2, pa in zip(raw[0].named_parameters(), raw[1].parameters(),
+                                  averaged.parameters()):
+        torch.testing.assert_close(pa, 0.9 * p1 + 0.1 * p2, msg=name)
+        moved = max(moved, float((p2 - p1).detach().abs().max()))
+    assert moved > 1e-5  # the two raw states differ, so the check has teeth
+    assert not averaged.training
+    for buf, ref in zip(averaged.buffers(), raw[1].buffers()):
+        assert torch.equal(buf, ref)  # constants (standardisation, permutations)
+    with pytest.raises(SystemExit):
+        example.parse_args(['--ema', '1'])
+
+
+def test_select_best_scores_the_best_validation_check(capsys):
+    example = _load_example()
+    train = example.DENSITY_DATASETS['moons6'](256, seed=1)
+    val = example.DENSITY_DATASETS['moons6'](64, seed=4).sets
+    seen = {}
+    for select in ('best', 'last'):
+        capsys.readouterr()
+        flow = example.train_flow('realnvp', train, _tiny_args(
+            example, '--steps', '6', '--ema', '0.5', '--select', select,
+            '--lr', '0.05'), seed=0, val=val)
+        scores = [float(line.split(' val ')[1].split()[0])
+                  for line in capsys.readouterr().out.splitlines() if ' val ' in line]
+        assert len(scores) == 6  # one check a step (--eval-every 1)
+        expected = min(scores) if select == 'best' else scores[-1]
+        assert example.evaluate(flow, val) == pytest.approx(expected, abs=1e-4)
+        seen[select] = scores
+    assert seen['best'] == seen['last']  # same run; only the returned state differs
+    assert min(seen['best']) < seen['best'][-1] - 1e-3  # the best is not the last
