@@ -39,15 +39,20 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # from an early spike (rounds 5-6 of examples/results/density_estimation.md).
 DEFAULT_STEPS = {'mog': 3000, 'mog_ring': 3000, 'moons6': 7000}
 DEFAULT_LR = {'mog': 2e-3, 'mog_ring': 2e-3, 'moons6': 1e-3}
+# --reject never takes the learning rate below this share of the schedule's.
+MIN_LR_SCALE = 1 / 16
 DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
                'heads', 'blocks', 'clamp', 'train_size', 'clip', 'mixing', 'ema',
-               'select')
+               'select', 'betas', 'rollback', 'reject')
 # Config keys added after results files were written, with the value those
 # earlier runs used (gradient clipping was fixed at 10 before --clip, and the
 # couplings were separated by channel swaps before --mixing; the last raw
-# weights were scored before --ema and --select).
-LEGACY_CONFIG = {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0, 'select': 'last'}
+# weights were scored before --ema and --select; Adam had its default betas
+# before --betas and never went back to an earlier state before --rollback
+# or undid an update before --reject).
+LEGACY_CONFIG = {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0, 'select': 'last',
+                 'betas': [0.9, 0.999], 'rollback': 0.0, 'reject': 0.0}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -78,6 +83,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--mixing', default='linear', choices=['permutation', 'linear'],
                    help='between couplings: a channel swap or a learned '
                         'invertible linear map (InvertibleLinear)')
+    p.add_argument('--betas', type=float, nargs=2, default=[0.9, 0.999],
+                   metavar=('BETA1', 'BETA2'),
+                   help="Adam's moment decay rates; a smaller BETA2 lets the "
+                        "step size follow a sudden rise of the gradients faster")
+    p.add_argument('--rollback', type=float, default=0.0, metavar='DELTA',
+                   help='at a validation check (--eval-every) whose NLL is more '
+                        'than DELTA nats/node above the best one so far, go back '
+                        'to the weights and optimiser state of that best check '
+                        'and go on with the schedule and new batches (the steps '
+                        'since count against --steps); 0: off')
+    p.add_argument('--reject', type=float, default=0.0, metavar='DELTA',
+                   help='undo an Adam update when the next batch\'s loss is more '
+                        'than DELTA nats/node above the running mean of the '
+                        'accepted losses, and halve the learning rate (at most '
+                        'to 1/16 of the schedule; it grows back by 1%% a step); '
+                        'the batch is skipped, the step counts against --steps; '
+                        '0: off')
     p.add_argument('--ema', type=float, default=0.0,
                    help='decay of an exponential moving average of the weights '
                         'to score instead of the raw weights (Polyak averaging, '
@@ -103,6 +125,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 <= args.ema < 1.0:
         p.error(f'--ema must be in [0, 1) (got {args.ema})')
+    if args.rollback < 0:
+        p.error(f'--rollback must be non-negative (got {args.rollback})')
+    if args.rollback and args.ema:
+        p.error('--rollback goes back to raw weights: use it without --ema')
+    if args.reject < 0:
+        p.error(f'--reject must be non-negative (got {args.reject})')
+    if args.reject and (args.ema or args.rollback):
+        p.error('--reject undoes single raw-weight updates: use it without '
+                '--ema and --rollback')
+    if not all(0.0 <= beta < 1.0 for beta in args.betas):
+        p.error(f'--betas must be in [0, 1) (got {args.betas})')
     if args.tiny:
         args.train_size, args.test_size = min(args.train_size, 512), min(args.test_size, 256)
         args.floor_samples = min(args.floor_samples, 500)
@@ -133,9 +166,40 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class UpdateGuard:
+    r"""Keeps a copy of the weights and the optimiser state from before the
+    latest update, so that an update can be undone (:obj:`--reject`).  The
+    copies are preallocated once and refreshed in place each step."""
+    def __init__(self, params: List[torch.Tensor], opt: torch.optim.Optimizer):
+        self.params, self.opt = params, opt
+        self.weights = [p.detach().clone() for p in params]
+        self.state: Dict[int, Dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def save(self) -> None:
+        torch._foreach_copy_(self.weights, [p.detach() for p in self.params])
+        for i, p in enumerate(self.params):
+            for key, value in self.opt.state.get(p, {}).items():
+                kept = self.state.setdefault(i, {})
+                if key in kept:
+                    kept[key].copy_(value)
+                else:
+                    kept[key] = value.detach().clone()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_([p.detach() for p in self.params], self.weights)
+        for i, p in enumerate(self.params):
+            if i not in self.state:  # no update had been made before
+                self.opt.state.pop(p, None)
+                continue
+            for key, value in self.state[i].items():
+                self.opt.state[p][key].copy_(value)
+
+
 def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                seed: int, val: Optional[torch.Tensor] = None,
-               desc: str = '') -> torch.nn.Module:
+               desc: str = '', stats: Optional[Dict] = None) -> torch.nn.Module:
     r"""Trains a GNF or RealNVP by maximum likelihood on :obj:`train.sets`
     with Adam; the data are standardised by a fixed per-channel affine
     step (its log-determinant is part of the density).
@@ -145,7 +209,19 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     end or, with :obj:`args.select == 'best'`, at the validation check with
     the lowest NLL.  (On the moons single Adam steps can raise RealNVP's loss
     by a nat per node; round 8 of ``examples/results/density_estimation.md``
-    measures what averaging and selection change there.)"""
+    measures what averaging and selection change there.)  With
+    :obj:`args.rollback` > 0, a validation check more than that many nats per
+    node above the best check so far restores the weights and Adam's state
+    of the best check; training goes on from there with the schedule's
+    current learning rate and fresh batches, and :obj:`stats['rollbacks']`
+    counts the restores.  With :obj:`args.reject` > 0, an update after which
+    the next batch's loss is more than that many nats per node above the
+    running mean of the accepted losses is undone (weights and Adam state,
+    :class:`UpdateGuard`), that batch is skipped and the learning rate is
+    halved (down to :data:`MIN_LR_SCALE` of the schedule's), then grows back
+    by 1% per accepted step.  The restored state is not judged again (its
+    loss was accepted before), so a run never stalls undoing updates;
+    :obj:`stats['rejected']` counts the undone updates."""
     torch.manual_seed(seed)
     sets = train.sets
     loc = sets.reshape(-1, 2).mean(0)
@@ -154,7 +230,8 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                           hidden=args.hidden, heads=args.heads,
                           num_blocks=args.blocks, clamp=args.clamp,
                           loc=loc, scale=scale, mixing=args.mixing)
-    opt = torch.optim.Adam(flow.parameters(), lr=args.lr, foreach=True)
+    opt = torch.optim.Adam(flow.parameters(), lr=args.lr, betas=tuple(args.betas),
+                           foreach=True)
     averaged = None
     if args.ema > 0:
         # Buffers (standardisation, permutations) are constants: copied once.
@@ -166,19 +243,36 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     gen = torch.Generator().manual_seed(seed + 1000)
     bar = tqdm(range(args.steps), desc=desc, mininterval=5, file=sys.stdout)
     running = None
+    keep = select or args.rollback > 0
+    restore = None  # (weights, Adam state) of the best check, for --rollback
+    rollbacks = rejected = 0
+    guard = UpdateGuard(list(flow.parameters()), opt) if args.reject > 0 else None
+    lr_scale, restored = 1.0, False  # lr_scale < 1 for a while after a rejection
     for step in bar:
         for group in opt.param_groups:
-            group['lr'] = lr_at(step, args)
+            group['lr'] = lr_at(step, args) * lr_scale
         idx = torch.randint(0, sets.size(0), (args.batch_size,), generator=gen)
         loss = flow.nll_per_node(sets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), args.clip, foreach=True)
-        opt.step()
-        if averaged is not None:
-            averaged.update_parameters(flow)
         value = float(loss.detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
+        if (guard is not None and not restored and running is not None
+                and value > running + args.reject):
+            guard.restore()  # the last update made things worse: undo it
+            rejected += 1
+            lr_scale = max(MIN_LR_SCALE, 0.5 * lr_scale)
+            restored = True
+        else:
+            # a restored state was accepted before: train on, whatever the batch
+            restored = False
+            if guard is not None:
+                guard.save()
+                lr_scale = min(1.0, lr_scale * 1.01)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), args.clip, foreach=True)
+            opt.step()
+            if averaged is not None:
+                averaged.update_parameters(flow)
+            running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0:
             bar.set_postfix(nll=f'{running:.3f}')
         last = step + 1 == args.steps
@@ -188,10 +282,21 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
             text = f'{desc} step {step + 1}: train {running:.4f} val {score:.4f}'
             if averaged is not None:
                 text += f' (raw weights {evaluate(flow, val):.4f})'
-            tqdm.write(text)
-            if select and score < best[0]:
+            if guard is not None:
+                text += f' ({rejected} updates undone)'
+            if keep and score < best[0]:
                 best = (score, copy.deepcopy(scored.state_dict()))
-    if best[1] is not None:
+                if args.rollback:
+                    restore = copy.deepcopy(opt.state_dict())
+            elif args.rollback and score > best[0] + args.rollback:
+                flow.load_state_dict(best[1])
+                opt.load_state_dict(restore)
+                rollbacks += 1
+                text += f' -> back to the best check ({best[0]:.4f})'
+            tqdm.write(text)
+    if stats is not None:
+        stats['rollbacks'], stats['rejected'] = rollbacks, rejected
+    if select and best[1] is not None:
         scored.load_state_dict(best[1])
     scored.eval()
     return scored
@@ -228,12 +333,14 @@ def run_dataset(name: str, args: argparse.Namespace, on_update=None) -> Dict:
               'config': {k: getattr(args, k) for k in CONFIG_KEYS}}
     samples = {}
     for model in models:
-        nlls, secs = [], []
+        nlls, secs, rollbacks, rejected = [], [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            start = time.time()
+            start, stats = time.time(), {}
             flow = train_flow(model, train, args, seed, val,
-                              desc=f'{name} {model} seed {seed}')
+                              desc=f'{name} {model} seed {seed}', stats=stats)
             secs.append(time.time() - start)
+            rollbacks.append(stats['rollbacks'])
+            rejected.append(stats['rejected'])
             nlls.append(evaluate(flow, test.sets))
             print(f'[{name}] {model} seed {seed}: test NLL/node {nlls[-1]:.4f} '
                   f'({secs[-1]:.0f} s)', flush=True)
@@ -243,6 +350,8 @@ def run_dataset(name: str, args: argparse.Namespace, on_update=None) -> Dict:
                                              generator=gen)
             result['nll'][model] = nlls
             result['seconds'][model] = secs
+            result.setdefault('rollbacks', {})[model] = rollbacks
+            result.setdefault('rejected', {})[model] = rejected
             result['samples'] = {k: v.tolist() for k, v in samples.items()}
             result['train_examples'] = train.sets[:5].tolist()
             result['train_cloud'] = train.sets[:3000].reshape(-1, 2).tolist()

@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import json
 import math
@@ -141,7 +142,9 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
     with open(path) as f:
         runs = json.load(f)
     assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0,
-                                     'select': 'last'}
+                                     'select': 'last', 'betas': [0.9, 0.999],
+                                     'rollback': 0.0, 'reject': 0.0}
+    assert runs[0]['config']['betas'] == [0.9, 0.999]  # Adam's defaults
     assert runs[0]['config']['clip'] == 10.0  # the default never changed
     assert runs[0]['config']['mixing'] == 'linear'  # the default since round 4
     args = example.parse_args(['--clip', '1', '--mixing', 'permutation'])
@@ -163,13 +166,162 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
     with pytest.raises(ValueError, match='combine runs of one configuration'):
         example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
     for key, other in (('clip', 1.0), ('mixing', 'linear'), ('ema', 0.999),
-                       ('select', 'best')):
+                       ('select', 'best'), ('betas', [0.9, 0.99]),
+                       ('rollback', 0.05), ('reject', 0.1)):
         changed = [{**r, 'config': {**r['config'], key: other}} for r in legacy]
         with open(old_path, 'w') as f:
             json.dump(changed, f)
         with pytest.raises(ValueError, match='combine runs of one configuration'):
             example.main(['--combine', legacy_path, old_path, '--out', str(tmp_path),
                           '--no-plot'])
+
+
+def test_betas_flag_sets_adams_moment_decay_rates(monkeypatch):
+    example = _load_example()
+    assert example.parse_args([]).betas == [0.9, 0.999]
+    with pytest.raises(SystemExit):
+        example.parse_args(['--betas', '0.9', '1'])
+    seen = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            seen.append(self.defaults['betas'])
+
+    monkeypatch.setattr(example.torch.optim, 'Adam', RecordingAdam)
+    args = _tiny_args(example, '--steps', '2', '--betas', '0.8', '0.95')
+    train = example.DENSITY_DATASETS['moons6'](args.train_size, seed=1)
+    example.train_flow('realnvp', train, args, seed=0)
+    assert seen == [(0.8, 0.95)]
+
+
+def test_rollback_returns_to_the_best_check(monkeypatch, tmp_path):
+    example = _load_example()
+    assert example.parse_args([]).rollback == 0.0
+    for bad in (['--rollback', '-1'], ['--rollback', '0.1', '--ema', '0.9']):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+    # scripted validation scores: check 2 is 1.5 nats worse than check 1
+    scores, states = iter([0.5, 2.0, 0.1]), []
+
+    def scripted(flow, sets, batch_size=2000):
+        states.append(copy.deepcopy(flow.state_dict()))
+        return next(scores)
+
+    monkeypatch.setattr(example, 'evaluate', scripted)
+    train = example.DENSITY_DATASETS['moons6'](512, seed=1)
+    stats = {}
+    flow = example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '2', '--rollback', '0.5'), seed=0,
+        val=train.sets[:8], stats=stats)
+    assert stats['rollbacks'] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(states[0].values(),
+                                                   states[1].values()))
+    for name, value in flow.state_dict().items():  # back at check 1
+        assert torch.equal(value, states[0][name])
+    # within DELTA of the best: no rollback, the last weights are kept
+    scores, states = iter([0.5, 0.9]), []
+    stats = {}
+    flow = example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '2', '--rollback', '0.5'), seed=0,
+        val=train.sets[:8], stats=stats)
+    assert stats['rollbacks'] == 0
+    for name, value in flow.state_dict().items():
+        assert torch.equal(value, states[1][name])
+    # the restores per seed are recorded in the results
+    monkeypatch.undo()
+    results = example.main(['--dataset', 'moons6', '--model', 'realnvp', '--tiny',
+                            '--steps', '4', '--rollback', '0.05', '--seeds', '1',
+                            '--no-plot', '--out', str(tmp_path)])
+    assert results[0]['config']['rollback'] == 0.05
+    assert len(results[0]['rollbacks']['realnvp']) == 1
+
+
+def test_update_guard_restores_weights_and_adam_state():
+    example = _load_example()
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    guard = example.UpdateGuard(list(net.parameters()), opt)
+
+    def update():
+        opt.zero_grad()
+        net(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+
+    before = copy.deepcopy(net.state_dict())
+    guard.save()  # no Adam state yet: undoing the first update clears it
+    update()
+    guard.restore()
+    assert len(opt.state) == 0
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name])
+    update()
+    update()
+    weights, state = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
+    guard.save()
+    update()
+    assert not torch.equal(net.weight, weights['weight'])
+    guard.restore()
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, weights[name])
+    for i, entry in state['state'].items():
+        for key, value in entry.items():
+            assert torch.equal(opt.state_dict()['state'][i][key], value)
+
+
+def test_reject_undoes_an_update_that_raises_the_next_loss(monkeypatch, tmp_path):
+    example = _load_example()
+    assert example.parse_args([]).reject == 0.0
+    for bad in (['--reject', '-1'], ['--reject', '0.1', '--ema', '0.9'],
+                ['--reject', '0.1', '--rollback', '0.1']):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+    train = example.DENSITY_DATASETS['moons6'](512, seed=1)
+    # reference: two ordinary updates
+    reference = example.train_flow('realnvp', train, _tiny_args(example, '--steps', '2'),
+                                   seed=0)
+    # the loss after the third update is scripted 5 nats/node higher: that
+    # update is undone, so the weights are those after two updates
+    from torch_geometric_gnf.models.set_flow import SetFlow
+    real, calls = SetFlow.nll_per_node, []
+
+    def scripted(self, x):
+        calls.append(len(calls))
+        return real(self, x) + (5.0 if len(calls) == 4 else 0.0)
+
+    monkeypatch.setattr(SetFlow, 'nll_per_node', scripted)
+    stats = {}
+    flow = example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '4', '--reject', '0.5'), seed=0, stats=stats)
+    assert stats['rejected'] == 1 and len(calls) == 4
+    for name, value in flow.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[name])
+    # a rise right after an undo is not judged: the restored state was
+    # accepted before, so the run cannot stall undoing updates
+    calls.clear()
+    offsets = {4: 5.0, 5: 5.0}
+    monkeypatch.setattr(SetFlow, 'nll_per_node',
+                        lambda self, x: (calls.append(len(calls)), real(self, x)
+                                         + offsets.get(len(calls), 0.0))[1])
+    stats = {}
+    example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '6', '--reject', '0.5'), seed=0, stats=stats)
+    assert stats['rejected'] == 1 and len(calls) == 6
+    # without the option the same scripted rise is trained on
+    calls.clear()
+    stats = {}
+    flow = example.train_flow('realnvp', train, _tiny_args(example, '--steps', '4'),
+                              seed=0, stats=stats)
+    assert stats['rejected'] == 0
+    assert any(not torch.equal(value, reference.state_dict()[name])
+               for name, value in flow.state_dict().items())
+    monkeypatch.undo()
+    results = example.main(['--dataset', 'moons6', '--model', 'realnvp', '--tiny',
+                            '--steps', '4', '--reject', '0.1', '--seeds', '1',
+                            '--no-plot', '--out', str(tmp_path)])
+    assert results[0]['config']['reject'] == 0.1
+    assert len(results[0]['rejected']['realnvp']) == 1
 
 
 def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):

@@ -189,3 +189,33 @@ def test_embed_adds_the_auto_encoders_embedding_noise():
     diff = noisy - clean
     assert diff.std().item() == pytest.approx(0.5, rel=0.15)
     assert diff.mean().abs().item() < 0.1
+
+
+def test_shared_dense_layout_matches_to_dense_batch():
+    from torch_geometric.utils import to_dense_batch
+
+    from torch_geometric_gnf.models._dense_attention import (DenseAttentionCoupling,
+                                                             dense_layout,
+                                                             fully_connected_attend)
+    torch.manual_seed(0)
+    graph_index = torch.tensor([0, 0, 0, 1, 3, 3, 3, 3])  # graph 2 is empty
+    h = torch.randn(graph_index.numel(), 5, dtype=torch.float64)
+    layout = dense_layout(graph_index)
+    dense, mask = to_dense_batch(h, graph_index)
+    assert torch.equal(layout.mask, mask)
+    assert torch.equal(layout.pad(h), dense)
+    assert torch.equal(layout.unpad(layout.pad(h)), h)
+    assert torch.equal(layout.attend, fully_connected_attend(mask))
+    # a network gives the same output with a shared layout or its own, and
+    # its gradient flows through the padding
+    net = DenseAttentionCoupling(5, 8, num_blocks=2, heads=2).double()
+    torch.nn.init.normal_(net.lin_out.weight)
+    x = h.clone().requires_grad_()
+    out = net(x, None, graph_index=graph_index)
+    assert torch.equal(out, net(h, None, layout=layout))
+    assert torch.autograd.gradcheck(lambda t: net(t, None, layout=layout), (x,))
+    # nodes of one graph do not see the other graphs
+    y = h.clone()
+    y[graph_index == 3] += 1.0
+    changed = (net(y, None, layout=layout) != out).any(-1)
+    assert torch.equal(changed, graph_index == 3)

@@ -5,7 +5,7 @@ Graphs of different sizes are padded to :obj:`[B, n, C]` with a node mask
 matrix product then serves every graph, with no python loop over graphs.
 """
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,38 @@ def fully_connected_attend(mask: Tensor) -> Tensor:
     return attend | (eye & ~mask.unsqueeze(2))
 
 
+class DenseLayout(NamedTuple):
+    r"""Where the nodes of a batch of graphs sit in the padded :obj:`[B, n]`
+    layout: :obj:`slot` :obj:`[num_nodes]` (flat index of each node),
+    :obj:`mask` :obj:`[B, n]` and the fully connected :obj:`attend`
+    pattern :obj:`[B, n, n]`.  Built once per batch by
+    :func:`dense_layout` and shared by every coupling network of a flow."""
+    slot: Tensor
+    mask: Tensor
+    attend: Tensor
+
+    def pad(self, h: Tensor) -> Tensor:
+        r"""Node features :obj:`[num_nodes, C]` to :obj:`[B, n, C]`
+        (zeros in padding slots)."""
+        B, n = self.mask.shape
+        out = h.new_zeros(B * n, h.size(-1)).index_copy(0, self.slot, h)
+        return out.view(B, n, h.size(-1))
+
+    def unpad(self, x: Tensor) -> Tensor:
+        r"""The inverse of :meth:`pad`: :obj:`[B, n, C]` to :obj:`[num_nodes, C]`."""
+        return x.reshape(-1, x.size(-1)).index_select(0, self.slot)
+
+
+def dense_layout(graph_index: Tensor) -> DenseLayout:
+    r""":class:`DenseLayout` of the nodes with (sorted) graph ids
+    :obj:`graph_index`, as :func:`torch_geometric.utils.to_dense_batch`
+    places them."""
+    ones = torch.ones_like(graph_index)
+    _, mask = to_dense_batch(ones, graph_index)
+    slot = torch.nonzero(mask.reshape(-1)).view(-1)
+    return DenseLayout(slot, mask, fully_connected_attend(mask))
+
+
 class DenseAttentionCoupling(torch.nn.Module):
     r"""Scale-and-shift network of a graph affine coupling on fully connected
     graphs, with the node-list interface of
@@ -124,14 +156,25 @@ class DenseAttentionCoupling(torch.nn.Module):
         torch.nn.init.zeros_(self.lin_out.bias)
 
     def forward(self, h: Tensor, edge_index: Optional[Tensor] = None,
-                graph_index: Optional[Tensor] = None) -> Tensor:
-        if graph_index is None:
-            graph_index = h.new_zeros(h.size(0), dtype=torch.long)
-        x, mask = to_dense_batch(self.lin_in(h), graph_index)
-        attend = fully_connected_attend(mask)
+                graph_index: Optional[Tensor] = None,
+                layout: Optional[DenseLayout] = None) -> Tensor:
+        r"""Args:
+            h (torch.Tensor): Node features :obj:`[num_nodes, in_channels]`.
+            edge_index: Ignored (every graph is fully connected).
+            graph_index (torch.Tensor, optional): Sorted graph id of every
+                node (one graph if :obj:`None`).
+            layout (DenseLayout, optional): :obj:`dense_layout(graph_index)`,
+                computed once for all the networks of a flow (saves the
+                padding bookkeeping in each).
+        """
+        if layout is None:
+            if graph_index is None:
+                graph_index = h.new_zeros(h.size(0), dtype=torch.long)
+            layout = dense_layout(graph_index)
+        x = layout.pad(self.lin_in(h))
         for block in self.blocks:
-            x = block(x, attend)
-        return self.lin_out(F.relu(x)[mask])
+            x = block(x, layout.attend)
+        return self.lin_out(layout.unpad(F.relu(x)))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

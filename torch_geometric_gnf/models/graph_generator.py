@@ -8,7 +8,7 @@ from torch_geometric.utils import scatter
 from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
 from torch_geometric_gnf.utils import check_batch, infer_num_graphs
 
-from ._dense_attention import DenseAttentionCoupling
+from ._dense_attention import DenseAttentionCoupling, dense_layout
 from .graph_auto_encoder import GraphAutoEncoder
 from .set_flow import coupling_steps
 
@@ -139,21 +139,21 @@ class GraphGenerator(torch.nn.Module):
         check_batch(batch, x.size(0), x.device)
         num_graphs = infer_num_graphs(batch, num_graphs)
         return self.flow.log_prob(x, self._no_edges(x), batch, num_graphs,
-                                  graph_index=batch)
+                                  layout=dense_layout(batch))
 
     def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Maps embeddings to latents :math:`\mathbf{Z} = f(\mathbf{X})`."""
         if batch is None:
             batch = x.new_zeros(x.size(0), dtype=torch.long)
         return self.flow(x, self._no_edges(x), batch, infer_num_graphs(batch, None),
-                         graph_index=batch)[0]
+                         layout=dense_layout(batch))[0]
 
     def inverse(self, z: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Maps latents to embeddings :math:`\mathbf{X} = f^{-1}(\mathbf{Z})`."""
         if batch is None:
             batch = z.new_zeros(z.size(0), dtype=torch.long)
         return self.flow.inverse(z, self._no_edges(z), batch,
-                                 infer_num_graphs(batch, None), graph_index=batch)
+                                 infer_num_graphs(batch, None), layout=dense_layout(batch))
 
     def sample_num_nodes(self, num_graphs: int,
                          generator: Optional[torch.Generator] = None) -> Tensor:
