@@ -44,15 +44,17 @@ MIN_LR_SCALE = 1 / 16
 DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
                'heads', 'blocks', 'clamp', 'train_size', 'clip', 'mixing', 'ema',
-               'select', 'betas', 'rollback', 'reject')
+               'select', 'betas', 'rollback', 'reject', 'anneal_noise', 'anneal_steps')
 # Config keys added after results files were written, with the value those
 # earlier runs used (gradient clipping was fixed at 10 before --clip, and the
 # couplings were separated by channel swaps before --mixing; the last raw
 # weights were scored before --ema and --select; Adam had its default betas
 # before --betas and never went back to an earlier state before --rollback
-# or undid an update before --reject).
+# or undid an update before --reject, and trained on the data as they are
+# before --anneal-noise).
 LEGACY_CONFIG = {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0, 'select': 'last',
-                 'betas': [0.9, 0.999], 'rollback': 0.0, 'reject': 0.0}
+                 'betas': [0.9, 0.999], 'rollback': 0.0, 'reject': 0.0,
+                 'anneal_noise': 0.0, 'anneal_steps': None}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -100,6 +102,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'to 1/16 of the schedule; it grows back by 1%% a step); '
                         'the batch is skipped, the step counts against --steps; '
                         '0: off')
+    p.add_argument('--anneal-noise', type=float, default=0.0, metavar='SIGMA',
+                   help='train on the data plus Gaussian noise whose standard '
+                        'deviation falls linearly from SIGMA (data units) to 0 '
+                        'over --anneal-steps, so the modes sharpen while the '
+                        'learning rate falls; scoring is always on clean data; '
+                        '0: off')
+    p.add_argument('--anneal-steps', type=int, default=None,
+                   help='steps over which --anneal-noise falls to 0 (default: '
+                        'half of --steps)')
     p.add_argument('--ema', type=float, default=0.0,
                    help='decay of an exponential moving average of the weights '
                         'to score instead of the raw weights (Polyak averaging, '
@@ -129,6 +140,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f'--rollback must be non-negative (got {args.rollback})')
     if args.rollback and args.ema:
         p.error('--rollback goes back to raw weights: use it without --ema')
+    if args.anneal_noise < 0:
+        p.error(f'--anneal-noise must be non-negative (got {args.anneal_noise})')
+    if args.anneal_steps is not None and args.anneal_steps < 1:
+        p.error(f'--anneal-steps must be positive (got {args.anneal_steps})')
     if args.reject < 0:
         p.error(f'--reject must be non-negative (got {args.reject})')
     if args.reject and (args.ema or args.rollback):
@@ -164,6 +179,15 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
         return args.lr * (step + 1) / args.warmup
     progress = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def anneal_sigma(step: int, args: argparse.Namespace) -> float:
+    r"""Standard deviation of the noise added to the training batch of
+    :obj:`step` (:obj:`--anneal-noise`): linear from the start value to 0."""
+    if not args.anneal_noise:
+        return 0.0
+    span = args.anneal_steps or max(1, args.steps // 2)
+    return args.anneal_noise * max(0.0, 1.0 - step / span)
 
 
 class UpdateGuard:
@@ -221,7 +245,10 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     halved (down to :data:`MIN_LR_SCALE` of the schedule's), then grows back
     by 1% per accepted step.  The restored state is not judged again (its
     loss was accepted before), so a run never stalls undoing updates;
-    :obj:`stats['rejected']` counts the undone updates."""
+    :obj:`stats['rejected']` counts the undone updates.  With
+    :obj:`args.anneal_noise` > 0 the training batches get Gaussian noise
+    (:func:`anneal_sigma`), so a flow first fits blurred modes and sharpens
+    them while the learning rate falls; validation is on clean data."""
     torch.manual_seed(seed)
     sets = train.sets
     loc = sets.reshape(-1, 2).mean(0)
@@ -252,7 +279,11 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
         for group in opt.param_groups:
             group['lr'] = lr_at(step, args) * lr_scale
         idx = torch.randint(0, sets.size(0), (args.batch_size,), generator=gen)
-        loss = flow.nll_per_node(sets[idx])
+        batch = sets[idx]
+        sigma = anneal_sigma(step, args)
+        if sigma > 0:
+            batch = batch + sigma * torch.randn(batch.shape, generator=gen)
+        loss = flow.nll_per_node(batch)
         value = float(loss.detach())
         if (guard is not None and not restored and running is not None
                 and value > running + args.reject):

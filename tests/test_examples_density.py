@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import types
 
 import pytest
 import torch
@@ -143,7 +144,8 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
         runs = json.load(f)
     assert example.LEGACY_CONFIG == {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0,
                                      'select': 'last', 'betas': [0.9, 0.999],
-                                     'rollback': 0.0, 'reject': 0.0}
+                                     'rollback': 0.0, 'reject': 0.0,
+                                     'anneal_noise': 0.0, 'anneal_steps': None}
     assert runs[0]['config']['betas'] == [0.9, 0.999]  # Adam's defaults
     assert runs[0]['config']['clip'] == 10.0  # the default never changed
     assert runs[0]['config']['mixing'] == 'linear'  # the default since round 4
@@ -167,7 +169,8 @@ def test_new_flags_are_recorded_and_older_files_count_as_their_old_values(tiny_r
         example.main(['--combine', path, old_path, '--out', str(tmp_path), '--no-plot'])
     for key, other in (('clip', 1.0), ('mixing', 'linear'), ('ema', 0.999),
                        ('select', 'best'), ('betas', [0.9, 0.99]),
-                       ('rollback', 0.05), ('reject', 0.1)):
+                       ('rollback', 0.05), ('reject', 0.1), ('anneal_noise', 0.2),
+                       ('anneal_steps', 100)):
         changed = [{**r, 'config': {**r['config'], key: other}} for r in legacy]
         with open(old_path, 'w') as f:
             json.dump(changed, f)
@@ -322,6 +325,40 @@ def test_reject_undoes_an_update_that_raises_the_next_loss(monkeypatch, tmp_path
                             '--no-plot', '--out', str(tmp_path)])
     assert results[0]['config']['reject'] == 0.1
     assert len(results[0]['rejected']['realnvp']) == 1
+
+
+def test_anneal_noise_blurs_the_training_batches_then_stops(monkeypatch):
+    example = _load_example()
+    args = example.parse_args([])
+    assert (args.anneal_noise, args.anneal_steps) == (0.0, None)
+    for bad in (['--anneal-noise', '-0.1'], ['--anneal-steps', '0']):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+    args = _tiny_args(example, '--steps', '8', '--anneal-noise', '0.4')
+    assert [example.anneal_sigma(t, args) for t in (0, 2, 4, 7)] == [0.4, 0.2, 0.0, 0.0]
+    args.anneal_steps = 2
+    assert [example.anneal_sigma(t, args) for t in (0, 1, 2)] == [0.4, 0.2, 0.0]
+    # every training set is the same: what the flow sees minus it is the noise
+    data = example.DENSITY_DATASETS['moons6'](64, seed=1)
+    train = types.SimpleNamespace(sets=data.sets[:1].expand(64, -1, -1).clone())
+    from torch_geometric_gnf.models.set_flow import SetFlow
+    real, seen = SetFlow.nll_per_node, []
+
+    def recording(self, x):
+        seen.append(x.detach() - train.sets[0])
+        return real(self, x)
+
+    monkeypatch.setattr(SetFlow, 'nll_per_node', recording)
+    example.train_flow('realnvp', train, _tiny_args(
+        example, '--steps', '3', '--anneal-noise', '0.5', '--anneal-steps', '2'), seed=0)
+    assert len(seen) == 3
+    assert abs(float(seen[0].std()) - 0.5) < 0.05
+    assert abs(float(seen[1].std()) - 0.25) < 0.025
+    assert torch.equal(seen[2], torch.zeros_like(seen[2]))
+    # off by default: the data as they are
+    seen.clear()
+    example.train_flow('realnvp', train, _tiny_args(example, '--steps', '1'), seed=0)
+    assert torch.equal(seen[0], torch.zeros_like(seen[0]))
 
 
 def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
