@@ -233,11 +233,7 @@ def test_rollback_returns_to_the_best_check(monkeypatch, tmp_path):
         assert torch.equal(value, states[1][name])
     # the restores per seed are recorded in the results
     monkeypatch.undo()
-    results = example.main(['--dataset', 'moons6', '--model', 'realnvp', '--tiny',
-                            '--steps', '4', '--rollback', '0.05', '--seeds', '1',
-                            '--no-plot', '--out', str(tmp_path)])
-    assert results[0]['config']['rollback'] == 0.05
-    assert len(results[0]['rollbacks']['realnvp']) == 1
+    _check_count_is_recorded(example, tmp_path, 'rollback', 0.05, 'rollbacks')
 
 
 def test_update_guard_restores_weights_and_adam_state():
@@ -320,11 +316,7 @@ def test_reject_undoes_an_update_that_raises_the_next_loss(monkeypatch, tmp_path
     assert any(not torch.equal(value, reference.state_dict()[name])
                for name, value in flow.state_dict().items())
     monkeypatch.undo()
-    results = example.main(['--dataset', 'moons6', '--model', 'realnvp', '--tiny',
-                            '--steps', '4', '--reject', '0.1', '--seeds', '1',
-                            '--no-plot', '--out', str(tmp_path)])
-    assert results[0]['config']['reject'] == 0.1
-    assert len(results[0]['rejected']['realnvp']) == 1
+    _check_count_is_recorded(example, tmp_path, 'reject', 0.1, 'rejected')
 
 
 def test_anneal_noise_blurs_the_training_batches_then_stops(monkeypatch):
@@ -379,6 +371,15 @@ def test_linear_mixing_flag_builds_and_trains_the_mixed_flow(tmp_path):
                                        num_blocks=args.blocks, mixing='linear', loc=flow.flow.couplings[0].loc,
                                        scale=flow.flow.couplings[0].scale)
     assert example.evaluate(flow, test) < example.evaluate(untrained, test) - 0.3
+
+
+def _check_count_is_recorded(example, tmp_path, option, value, count):
+    # a short real run records the option in its config and one count per seed
+    results = example.main(['--dataset', 'moons6', '--model', 'realnvp', '--tiny',
+                            '--steps', '4', f'--{option}', str(value), '--seeds', '1',
+                            '--no-plot', '--out', str(tmp_path)])
+    assert results[0]['config'][option] == value
+    assert len(results[0][count]['realnvp']) == 1
 
 
 def _tiny_args(example, *extra):
