@@ -39,9 +39,9 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # from an early spike (rounds 5-6 of examples/results/density_estimation.md).
 DEFAULT_STEPS = {'mog': 3000, 'mog_ring': 3000, 'moons6': 7000}
 DEFAULT_LR = {'mog': 2e-3, 'mog_ring': 2e-3, 'moons6': 1e-3}
+DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
 # --reject never takes the learning rate below this share of the schedule's.
 MIN_LR_SCALE = 1 / 16
-DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
 CONFIG_KEYS = ('steps', 'batch_size', 'lr', 'warmup', 'couplings', 'hidden',
                'heads', 'blocks', 'clamp', 'train_size', 'clip', 'mixing', 'ema',
                'select', 'betas', 'rollback', 'reject', 'anneal_noise', 'anneal_steps')
