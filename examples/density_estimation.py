@@ -191,9 +191,10 @@ def anneal_sigma(step: int, args: argparse.Namespace) -> float:
 
 
 class UpdateGuard:
-    r"""Keeps a copy of the weights and the optimiser state from before the
-    latest update, so that an update can be undone (:obj:`--reject`).  The
-    copies are preallocated once and refreshed in place each step."""
+    r"""A snapshot of the weights and the optimiser state that :meth:`restore`
+    puts back in place: :obj:`--reject` keeps the one from before the latest
+    update, :obj:`--rollback` the one of the best validation check.  The
+    copies are allocated once and refreshed in place by :meth:`save`."""
     def __init__(self, params: List[torch.Tensor], opt: torch.optim.Optimizer):
         self.params, self.opt = params, opt
         self.weights = [p.detach().clone() for p in params]
@@ -214,7 +215,7 @@ class UpdateGuard:
     def restore(self) -> None:
         torch._foreach_copy_([p.detach() for p in self.params], self.weights)
         for i, p in enumerate(self.params):
-            if i not in self.state:  # no update had been made before
+            if i not in self.state:  # no update had been made at save()
                 self.opt.state.pop(p, None)
                 continue
             for key, value in self.state[i].items():
@@ -270,8 +271,8 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     gen = torch.Generator().manual_seed(seed + 1000)
     bar = tqdm(range(args.steps), desc=desc, mininterval=5, file=sys.stdout)
     running = None
-    keep = select or args.rollback > 0
-    restore = None  # (weights, Adam state) of the best check, for --rollback
+    # weights and Adam state of the best check, for --rollback
+    best_guard = UpdateGuard(list(flow.parameters()), opt) if args.rollback else None
     rollbacks = rejected = 0
     guard = UpdateGuard(list(flow.parameters()), opt) if args.reject > 0 else None
     lr_scale, restored = 1.0, False  # lr_scale < 1 for a while after a rejection
@@ -315,13 +316,12 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                 text += f' (raw weights {evaluate(flow, val):.4f})'
             if guard is not None:
                 text += f' ({rejected} updates undone)'
-            if keep and score < best[0]:
-                best = (score, copy.deepcopy(scored.state_dict()))
-                if args.rollback:
-                    restore = copy.deepcopy(opt.state_dict())
-            elif args.rollback and score > best[0] + args.rollback:
-                flow.load_state_dict(best[1])
-                opt.load_state_dict(restore)
+            if score < best[0]:
+                best = (score, copy.deepcopy(scored.state_dict()) if select else None)
+                if best_guard is not None:
+                    best_guard.save()
+            elif best_guard is not None and score > best[0] + args.rollback:
+                best_guard.restore()
                 rollbacks += 1
                 text += f' -> back to the best check ({best[0]:.4f})'
             tqdm.write(text)
