@@ -189,12 +189,19 @@ def build(args, train: List):
     return ae, gen
 
 
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    r"""Adam with the fused kernel: the flow has ~600 small parameter tensors,
+    and the default per-tensor loop took ~15% of a training step on CPU.
+    The update rule is Adam's; only the rounding order differs."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
     r"""Trains (or resumes) both stages of one seed; returns the checkpoint."""
     torch.manual_seed(seed)
     ae, gen = build(args, train)
-    ae_opt = torch.optim.Adam(ae.parameters(), lr=args.lr)
-    flow_opt = torch.optim.Adam(gen.flow.parameters(), lr=args.lr)
+    ae_opt = make_adam(ae.parameters(), args.lr)
+    flow_opt = make_adam(gen.flow.parameters(), args.lr)
     state = dict(config=config_of(args), ae_step=0, flow_step=0, ae_seconds=0.0,
                  flow_seconds=0.0)
     if os.path.isfile(ckpt_path):
@@ -235,7 +242,7 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
                 loss = -gen.log_prob(x, batch.batch).sum() / x.size(0)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
             opt.step()
             value = loss.item()
             avg = value if avg is None else 0.98 * avg + 0.02 * value
