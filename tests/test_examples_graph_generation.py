@@ -27,8 +27,8 @@ def test_tiny_mode_end_to_end_with_resume(tmp_path):
     assert os.path.getsize(png) > 1000
     with open(md) as f:
         assert f.read() == table
-    for row in ('noise floor', 'matched node counts', '16 samples', 'GNF (paper)',
-                '| test |'):
+    for row in ('noise floor', 'ideal generator', 'matched node counts', '16 samples',
+                'GNF (paper)', '| test |'):
         assert row in table
     # Evaluating again from the checkpoint gives the same auto-encoder edge count
     # (same weights) without training.
@@ -150,3 +150,21 @@ def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):
     assert 'seed(s) 1;' in only_second
     with pytest.raises(SystemExit):
         example.parse_args(['--seeds', '0'])
+
+
+def test_resampled_train_mmd_is_zero_for_a_copy_and_grows_with_a_mismatch():
+    import networkx as nx
+    example = load_example()
+    paths, stars = [nx.path_graph(4), nx.path_graph(4)], [nx.star_graph(4)]
+    test = [nx.path_graph(4), nx.star_graph(4)]
+    # every pool holds only isomorphic copies of the test graph of that size
+    ideal = example.resampled_train_mmd(paths + stars, test, draws=3)
+    assert all(abs(v) < 1e-12 for v in ideal.values())
+    # a test size missing from the training graphs takes the nearest pool
+    ideal = example.resampled_train_mmd(paths + stars, [nx.path_graph(3)], draws=3)
+    assert ideal['degree'] > 0.01  # P4 (4 nodes, not 5) stands in for P3
+    # training cliques against test paths: far from zero, and seeded
+    cliques = [nx.complete_graph(4), nx.complete_graph(5)]
+    far = example.resampled_train_mmd(cliques, test, draws=4, seed=1)
+    assert far['degree'] > 0.1 and far['clustering'] > 0.1 and far['orbit'] > 0.01
+    assert far == example.resampled_train_mmd(cliques, test, draws=4, seed=1)
