@@ -311,14 +311,12 @@ def resampled_train_mmd(train_nx: List[nx.Graph], test_nx: List[nx.Graph],
     by_count: Dict[int, List[nx.Graph]] = {}
     for g in train_nx:
         by_count.setdefault(g.number_of_nodes(), []).append(g)
+    pools = [by_count[min(by_count, key=lambda m: (abs(m - g.number_of_nodes()), m))]
+             for g in test_nx]
     rng = np.random.default_rng(seed)
     totals = dict.fromkeys(STATS, 0.0)
     for _ in range(draws):
-        fake = []
-        for g in test_nx:
-            n = g.number_of_nodes()
-            pool = by_count[min(by_count, key=lambda m: (abs(m - n), m))]
-            fake.append(pool[rng.integers(len(pool))])
+        fake = [pool[rng.integers(len(pool))] for pool in pools]
         for key, value in graph_mmd_table(test_nx, fake).items():
             totals[key] += value / draws
     return totals
