@@ -1,11 +1,13 @@
 r"""Dense masked multi-head self-attention blocks for small padded graphs.
 
-Graphs of different sizes are padded to :obj:`[B, n, C]` with a node mask
-:obj:`[B, n]` (:func:`torch_geometric.utils.to_dense_batch`); one batched
-matrix product then serves every graph, with no python loop over graphs.
+Node states stay a node list :obj:`[num_nodes, C]`; only the attention
+products pad graphs of different sizes to :obj:`[B, n]` with a node mask
+(:class:`DenseLayout`, as :func:`torch_geometric.utils.to_dense_batch`
+places them): one batched matrix product then serves every graph, with no
+python loop over graphs.
 """
 import math
-from typing import NamedTuple, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,12 @@ class DenseAttentionBlock(torch.nn.Module):
     where :math:`\mathbf{M}_{ij} = 0` if node :math:`i` may attend to node
     :math:`j` (an edge, or any node of the same graph when fully connected)
     and :math:`-\infty` otherwise.
+
+    The node states stay a node list :obj:`[num_nodes, C]`: the linear
+    layers, LayerNorms and the MLP run on real nodes only, and just the
+    queries, keys and values are padded to :obj:`[B, n]` for the batched
+    attention products.  (Small graphs padded to the largest of a batch
+    are mostly padding: ego-small averages 6.3 nodes in slots of 20.)
 
     Args:
         channels (int): Hidden size (divisible by :obj:`heads`).
@@ -51,25 +59,32 @@ class DenseAttentionBlock(torch.nn.Module):
             if module is not self and hasattr(module, 'reset_parameters'):
                 module.reset_parameters()
 
-    def forward(self, x: Tensor, attend: Tensor,
+    def forward(self, x: Tensor, layout: 'DenseLayout',
                 bias: Optional[Tensor] = None) -> Tensor:
         r"""Args:
-            x (torch.Tensor): Padded node states :obj:`[B, n, C]`.
-            attend (torch.Tensor): Boolean :obj:`[B, n, n]`, :obj:`True` where
-                node :obj:`i` may attend to node :obj:`j`; every row needs at
-                least one :obj:`True` (give padding rows their diagonal).
+            x (torch.Tensor): Node states :obj:`[num_nodes, C]`, in the
+                order of :obj:`layout.slot`.
+            layout (DenseLayout): Where the nodes sit in the padded
+                :obj:`[B, n]` grid, and :obj:`layout.attend`, boolean
+                :obj:`[B, n, n]`, :obj:`True` where node :obj:`i` may attend
+                to node :obj:`j`; every row needs at least one :obj:`True`
+                (padding rows get their diagonal).
             bias (torch.Tensor, optional): Added to the attention logits,
                 broadcastable to :obj:`[B, heads, n, n]`.
         """
-        B, n, C = x.shape
-        d = C // self.heads
-        q, k, v = self.qkv(x).view(B, n, 3, self.heads, d).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+        B, n = layout.mask.shape
+        heads, d = self.heads, self.channels // self.heads
+        qkv = layout.pad(self.qkv(x)).view(B, n, 3, heads, d)
+        # One copy puts each head's rows together: [3, B * heads, n, d].
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, B * heads, n, d)
+        logits = layout.logit_mask(heads, x.dtype)  # 0 / -inf
         if bias is not None:
-            scores = scores + bias
-        scores = scores.masked_fill(~attend.unsqueeze(1), float('-inf'))
-        att = torch.softmax(scores, dim=-1) @ v  # [B, heads, n, d]
-        x = self.norm1(x + self.out(att.transpose(1, 2).reshape(B, n, C)))
+            logits = logits + bias.expand(B, heads, n, n).reshape(B * heads, n, n)
+        # logits + QK^T / sqrt(d) in one product
+        scores = torch.baddbmm(logits, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(d))
+        att = torch.bmm(torch.softmax(scores, dim=-1), v).view(B, heads, n, d)
+        att = layout.unpad(att.transpose(1, 2)).reshape(-1, self.channels)
+        x = self.norm1(x + self.out(att))
         return self.norm2(x + self.mlp(x))
 
     def __repr__(self) -> str:
@@ -87,36 +102,55 @@ def fully_connected_attend(mask: Tensor) -> Tensor:
     return attend | (eye & ~mask.unsqueeze(2))
 
 
-class DenseLayout(NamedTuple):
+class DenseLayout:
     r"""Where the nodes of a batch of graphs sit in the padded :obj:`[B, n]`
     layout: :obj:`slot` :obj:`[num_nodes]` (flat index of each node),
-    :obj:`mask` :obj:`[B, n]` and the fully connected :obj:`attend`
-    pattern :obj:`[B, n, n]`.  Built once per batch by
-    :func:`dense_layout` and shared by every coupling network of a flow."""
-    slot: Tensor
-    mask: Tensor
-    attend: Tensor
+    :obj:`mask` :obj:`[B, n]` and the attention pattern :obj:`attend`
+    :obj:`[B, n, n]`.  Built once per batch (:func:`dense_layout`,
+    :func:`layout_of_mask`) and shared by every block and coupling network
+    that sees the batch."""
+    def __init__(self, slot: Tensor, mask: Tensor, attend: Tensor):
+        self.slot, self.mask, self.attend = slot, mask, attend
+        self._logit_masks: Dict[Tuple[int, torch.dtype], Tensor] = {}
 
     def pad(self, h: Tensor) -> Tensor:
-        r"""Node features :obj:`[num_nodes, C]` to :obj:`[B, n, C]`
+        r"""Node features :obj:`[num_nodes, *]` to :obj:`[B, n, *]`
         (zeros in padding slots)."""
         B, n = self.mask.shape
-        out = h.new_zeros(B * n, h.size(-1)).index_copy(0, self.slot, h)
-        return out.view(B, n, h.size(-1))
+        out = h.new_zeros((B * n, ) + h.shape[1:]).index_copy(0, self.slot, h)
+        return out.view((B, n) + h.shape[1:])
 
     def unpad(self, x: Tensor) -> Tensor:
-        r"""The inverse of :meth:`pad`: :obj:`[B, n, C]` to :obj:`[num_nodes, C]`."""
-        return x.reshape(-1, x.size(-1)).index_select(0, self.slot)
+        r"""The inverse of :meth:`pad`: :obj:`[B, n, *]` to :obj:`[num_nodes, *]`."""
+        return x.flatten(0, 1).index_select(0, self.slot)
+
+    def logit_mask(self, heads: int, dtype: torch.dtype) -> Tensor:
+        r""":obj:`[B * heads, n, n]`: 0 where :obj:`attend`, :math:`-\infty`
+        elsewhere, to add to attention logits (made once per batch, heads
+        and dtype)."""
+        key = (heads, dtype)
+        if key not in self._logit_masks:
+            B, n = self.mask.shape
+            neg = torch.zeros(B, 1, n, n, dtype=dtype, device=self.mask.device)
+            neg = neg.masked_fill(~self.attend.unsqueeze(1), float('-inf'))
+            self._logit_masks[key] = neg.expand(B, heads, n, n).reshape(B * heads, n, n)
+        return self._logit_masks[key]
+
+
+def layout_of_mask(mask: Tensor, attend: Optional[Tensor] = None) -> DenseLayout:
+    r""":class:`DenseLayout` of a node mask :obj:`[B, n]` (real nodes first in
+    every row, as :func:`torch_geometric.utils.to_dense_batch` places them)
+    with the attention pattern :obj:`attend` (default: fully connected
+    graphs, :func:`fully_connected_attend`)."""
+    slot = torch.nonzero(mask.reshape(-1)).view(-1)
+    return DenseLayout(slot, mask, fully_connected_attend(mask) if attend is None else attend)
 
 
 def dense_layout(graph_index: Tensor) -> DenseLayout:
     r""":class:`DenseLayout` of the nodes with (sorted) graph ids
-    :obj:`graph_index`, as :func:`torch_geometric.utils.to_dense_batch`
-    places them."""
-    ones = torch.ones_like(graph_index)
-    _, mask = to_dense_batch(ones, graph_index)
-    slot = torch.nonzero(mask.reshape(-1)).view(-1)
-    return DenseLayout(slot, mask, fully_connected_attend(mask))
+    :obj:`graph_index`, fully connected within each graph."""
+    _, mask = to_dense_batch(torch.ones_like(graph_index), graph_index)
+    return layout_of_mask(mask)
 
 
 class DenseAttentionCoupling(torch.nn.Module):
@@ -171,10 +205,10 @@ class DenseAttentionCoupling(torch.nn.Module):
             if graph_index is None:
                 graph_index = h.new_zeros(h.size(0), dtype=torch.long)
             layout = dense_layout(graph_index)
-        x = layout.pad(self.lin_in(h))
+        x = self.lin_in(h)
         for block in self.blocks:
-            x = block(x, layout.attend)
-        return self.lin_out(layout.unpad(F.relu(x)))
+            x = block(x, layout)
+        return self.lin_out(F.relu(x))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

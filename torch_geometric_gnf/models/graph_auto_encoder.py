@@ -9,7 +9,7 @@ from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from torch_geometric_gnf.utils import check_batch, check_edge_index, infer_num_graphs
 
-from ._dense_attention import DenseAttentionBlock, fully_connected_attend
+from ._dense_attention import DenseAttentionBlock, DenseLayout, layout_of_mask
 
 ATTENTION = ('edges', 'all')
 
@@ -180,26 +180,40 @@ class GraphAutoEncoder(torch.nn.Module):
         r"""Node embeddings :obj:`[num_nodes, embedding_channels]` of an
         undirected graph batch, from fresh Gaussian input features."""
         batch, mask, adj = self._dense(edge_index, batch, num_nodes)
-        return self._encode_dense(mask, adj, generator)[mask]
+        return self._encode_nodes(mask, adj, generator)[0]
+
+    def _encode_nodes(self, mask: Tensor, adj: Tensor,
+                      generator: Optional[torch.Generator] = None
+                      ) -> Tuple[Tensor, DenseLayout]:
+        r"""Embeddings :obj:`[num_nodes, d]` of the real nodes of the padded
+        batch (node mask :obj:`[B, n]`, adjacency :obj:`[B, n, n]`) and
+        their :class:`DenseLayout`."""
+        B, n = mask.shape
+        param = self.lin_in.weight
+        # Drawn on the padded grid, so a batch's draw does not depend on how
+        # the layers store it.
+        noise = torch.randn(B, n, self.noise_channels, generator=generator,
+                            device=param.device, dtype=param.dtype)
+        if self.attention == 'edges':
+            eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+            layout = layout_of_mask(mask, adj | eye)  # neighbours and self
+        else:
+            layout = layout_of_mask(mask)
+        h = self.lin_in(layout.unpad(noise) * math.sqrt(self.noise_variance))
+        if self.attention == 'edges':
+            for layer in self.layers:
+                h = layer(h, layout)
+        else:
+            linked = adj.unsqueeze(1).to(h.dtype)  # [B, 1, n, n]
+            for layer, b in zip(self.layers, self.edge_bias):
+                h = layer(h, layout, linked * b.view(1, -1, 1, 1))
+        return self.lin_out(h), layout
 
     def _encode_dense(self, mask: Tensor, adj: Tensor,
                       generator: Optional[torch.Generator] = None) -> Tensor:
-        B, n = mask.shape
-        param = self.lin_in.weight
-        noise = torch.randn(B, n, self.noise_channels, generator=generator,
-                            device=param.device, dtype=param.dtype)
-        h = self.lin_in(noise * math.sqrt(self.noise_variance))
-        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
-        if self.attention == 'edges':
-            attend = adj | eye  # neighbours and self; padding rows: self only
-            for layer in self.layers:
-                h = layer(h, attend)
-        else:
-            attend = fully_connected_attend(mask)
-            linked = adj.unsqueeze(1).to(h.dtype)  # [B, 1, n, n]
-            for layer, b in zip(self.layers, self.edge_bias):
-                h = layer(h, attend, linked * b.view(1, -1, 1, 1))
-        return self.lin_out(h) * mask.unsqueeze(-1)
+        r"""Padded embeddings :obj:`[B, n, d]` (zeros in padding slots)."""
+        z, layout = self._encode_nodes(mask, adj, generator)
+        return layout.pad(z)
 
     def forward(self, edge_index: Tensor, batch: Optional[Tensor] = None,
                 num_nodes: Optional[int] = None) -> Tensor:
