@@ -34,7 +34,8 @@ class DenseAttentionBlock(torch.nn.Module):
     layers, LayerNorms and the MLP run on real nodes only, and just the
     queries, keys and values are padded to :obj:`[B, n]` for the batched
     attention products.  (Small graphs padded to the largest of a batch
-    are mostly padding: ego-small averages 6.3 nodes in slots of 20.)
+    are mostly padding: ego-small's graphs average 6.3 nodes, and a batch
+    of 32 usually holds one of 11-20.)
 
     Args:
         channels (int): Hidden size (divisible by :obj:`heads`).
