@@ -197,16 +197,14 @@ class GraphAutoEncoder(torch.nn.Module):
         if self.attention == 'edges':
             eye = torch.eye(n, dtype=torch.bool, device=mask.device)
             layout = layout_of_mask(mask, adj | eye)  # neighbours and self
+            biases = [None] * self.num_layers
         else:
             layout = layout_of_mask(mask)
+            linked = adj.unsqueeze(1).to(param.dtype)  # [B, 1, n, n]
+            biases = [linked * b.view(1, -1, 1, 1) for b in self.edge_bias]
         h = self.lin_in(layout.unpad(noise) * math.sqrt(self.noise_variance))
-        if self.attention == 'edges':
-            for layer in self.layers:
-                h = layer(h, layout)
-        else:
-            linked = adj.unsqueeze(1).to(h.dtype)  # [B, 1, n, n]
-            for layer, b in zip(self.layers, self.edge_bias):
-                h = layer(h, layout, linked * b.view(1, -1, 1, 1))
+        for layer, bias in zip(self.layers, biases):
+            h = layer(h, layout, bias)
         return self.lin_out(h), layout
 
     def _encode_dense(self, mask: Tensor, adj: Tensor,
