@@ -195,6 +195,12 @@ def affine_coupling(
         (torch.Tensor, torch.Tensor): The output (shape of :obj:`x`) and the
         per-graph log-determinant of shape :obj:`[num_graphs]`.
     """
+    if torch.compiler.is_compiling():
+        # Traced by torch.compile: the PyTorch path, which the compiler fuses
+        # (it cannot see into the C++ op), without the value checks.
+        if num_graphs is None:
+            num_graphs = 1 if batch is None else (int(batch.max()) + 1 if x.size(0) else 0)
+        return _reference(x, s_raw, t, batch, num_graphs, clamp, inverse)
     num_graphs = _validate(x, s_raw, t, batch, num_graphs, clamp)
     if extension_supports(x):
         c = 0.0 if clamp is None else float(clamp)

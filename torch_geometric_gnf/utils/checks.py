@@ -5,6 +5,12 @@ deep inside a kernel or silently producing garbage.  The checks cost one pass
 over ``x`` and ``edge_index``; :func:`set_input_checks` turns the value checks
 (finiteness, index range) off for production runs, shape/dtype/device checks
 always stay on because they are free.
+
+Inside code that :func:`torch.compile` traces, the value checks are skipped:
+they read tensor values, which would split the compiled graph at every
+check.  Check the inputs once before the compiled region instead (e.g.
+:class:`~torch_geometric_gnf.nn.GraphNormalizingFlow` checks its batch
+vector before calling compiled couplings).
 """
 from typing import Any, Optional
 
@@ -22,8 +28,9 @@ def set_input_checks(enabled: bool) -> None:
 
 
 def input_checks_enabled() -> bool:
-    r"""Whether value checks (NaN/Inf, index range) are enabled."""
-    return _VALUE_CHECKS
+    r"""Whether value checks (NaN/Inf, index range) are enabled (never while
+    :func:`torch.compile` traces)."""
+    return _VALUE_CHECKS and not torch.compiler.is_compiling()
 
 
 def check_node_features(x: Any, name: str = 'x') -> None:
@@ -36,7 +43,7 @@ def check_node_features(x: Any, name: str = 'x') -> None:
                          f"(got shape {tuple(x.shape)})")
     if not x.is_floating_point():
         raise ValueError(f"'{name}' must be a floating point tensor (got {x.dtype})")
-    if _VALUE_CHECKS and x.numel() > 0 and not all_finite(x):
+    if input_checks_enabled() and x.numel() > 0 and not all_finite(x):
         num_nan = int(torch.isnan(x).sum())
         num_inf = int(torch.isinf(x).sum())
         raise ValueError(f"'{name}' contains non-finite values ({num_nan} NaN, "
@@ -77,7 +84,7 @@ def check_edge_index(edge_index: Any, num_nodes: int, device: torch.device,
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"'{name}' must have shape [2, num_edges] "
                              f"(got shape {tuple(edge_index.shape)})")
-        if _VALUE_CHECKS and edge_index.numel() > 0:
+        if input_checks_enabled() and edge_index.numel() > 0:
             lo, hi = int(edge_index.min()), int(edge_index.max())
             if lo < 0 or hi >= num_nodes:
                 raise ValueError(f"'{name}' contains out-of-range node indices "
@@ -111,5 +118,5 @@ def check_batch(batch: Optional[Tensor], num_nodes: int,
     if batch.dim() != 1 or batch.numel() != num_nodes:
         raise ValueError(f"'batch' must have shape [num_nodes={num_nodes}] "
                          f"(got shape {tuple(batch.shape)})")
-    if _VALUE_CHECKS and batch.numel() > 0 and int(batch.min()) < 0:
+    if input_checks_enabled() and batch.numel() > 0 and int(batch.min()) < 0:
         raise ValueError("'batch' contains negative graph indices")
