@@ -22,6 +22,12 @@ the table and a grid of real vs generated graphs go to
     python examples/graph_generation.py --dataset community_small --seeds 3
     python examples/graph_generation.py --dataset ego_small --tiny   # smoke run
 
+``--compile`` compiles the flow's couplings with :func:`torch.compile`
+(same math; needs a C++ compiler for PyTorch's CPU code generation), which
+makes the flow's training steps ~1.4x faster on CPU:
+
+    python examples/graph_generation.py --dataset community_small --seeds 1 --threads 2 --compile
+
 Seeds can train in parallel processes (one per core) and be evaluated
 together afterwards, with the same result as one sequential run:
 

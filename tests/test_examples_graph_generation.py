@@ -152,6 +152,22 @@ def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):
         example.parse_args(['--seeds', '0'])
 
 
+def test_compile_flag_trains_compiled_couplings_and_records_the_setup(tmp_path):
+    example = load_example()
+    ckpt = str(tmp_path / 'ckpt')
+    args = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt,
+            '--out', str(tmp_path / 'out'), '--compile', '--threads', '2']
+    table = example.main(args)
+    state = torch.load(os.path.join(ckpt, 'tiny_community_small_seed0.pt'),
+                       weights_only=False)
+    assert state['flow_step'] == 20 and state['compiled'] and state['threads'] == 2
+    assert '(2 thread(s), compiled flow)' in table
+    # Compiled modules keep their state-dict keys: an eager build (strict
+    # load_state_dict) evaluates the checkpoint to the same table.
+    again = example.main(args[:-3] + ['--stage', 'eval'])
+    assert again.split('| auto-encoder')[1] == table.split('| auto-encoder')[1]
+
+
 def test_resampled_train_mmd_is_zero_for_a_copy_and_grows_with_a_mismatch():
     import networkx as nx
     example = load_example()

@@ -283,3 +283,19 @@ def test_cpp_checks():
     bwd = torch.ops.torch_geometric_gnf.affine_coupling_backward
     with pytest.raises(RuntimeError, match='grad_log_det'):
         bwd(x, x, s_raw, None, torch.zeros(2), 1, 2.0, False)
+
+
+@pytest.mark.parametrize('inverse', [False, True])
+@pytest.mark.parametrize('batch_kind', [None, 'int64', 'empty_graphs'])
+def test_traced_by_torch_compile_matches_eager(inverse, batch_kind):
+    # fullgraph: the C++ op and the data-dependent checks must not be in the
+    # way of the compiler (it takes the PyTorch path instead).
+    x, s_raw, t = make_inputs((9, 4), torch.float64)
+    batch, num_graphs = make_batch(batch_kind, 9)
+    if batch is not None and num_graphs is None:
+        num_graphs = int(batch.max()) + 1
+    compiled = torch.compile(affine_coupling, fullgraph=True, backend='aot_eager')
+    expected = run_both(affine_coupling, x, s_raw, t, batch, num_graphs, 2.0, inverse)
+    got = run_both(compiled, x, s_raw, t, batch, num_graphs, 2.0, inverse)
+    for a, b in zip(expected, got):
+        assert torch.allclose(a, b, atol=1e-12)

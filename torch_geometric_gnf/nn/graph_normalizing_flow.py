@@ -6,8 +6,8 @@ from torch import Tensor
 from torch_geometric.nn.inits import reset
 from torch_geometric.utils import scatter
 
-from torch_geometric_gnf.utils import (check_batch, fully_connected_edge_index,
-                                       infer_num_graphs)
+from torch_geometric_gnf.utils import (check_batch, check_node_features,
+                                       fully_connected_edge_index, infer_num_graphs)
 
 PERMUTATIONS = ('reverse', 'random', None)
 
@@ -77,6 +77,9 @@ class GraphNormalizingFlow(torch.nn.Module):
         if x.dim() != 2 or x.size(-1) != self.channels:
             raise ValueError(f"Expected node features of shape [num_nodes, "
                              f"{self.channels}] (got {tuple(x.shape)})")
+        # Checked here too: couplings compiled with torch.compile skip their
+        # own value checks.
+        check_node_features(x)
         check_batch(batch, x.size(0), x.device)
         num_graphs = infer_num_graphs(batch, num_graphs)
         if edge_index is None:

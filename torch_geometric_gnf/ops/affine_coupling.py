@@ -194,6 +194,10 @@ def affine_coupling(
     Returns:
         (torch.Tensor, torch.Tensor): The output (shape of :obj:`x`) and the
         per-graph log-determinant of shape :obj:`[num_graphs]`.
+
+    Inside code traced by :func:`torch.compile`, the PyTorch reference path
+    runs without the input checks (pass :obj:`num_graphs` there: inferring
+    it reads :obj:`batch`).
     """
     if torch.compiler.is_compiling():
         # Traced by torch.compile: the PyTorch path, which the compiler fuses

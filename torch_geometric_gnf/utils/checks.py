@@ -9,8 +9,8 @@ always stay on because they are free.
 Inside code that :func:`torch.compile` traces, the value checks are skipped:
 they read tensor values, which would split the compiled graph at every
 check.  Check the inputs once before the compiled region instead (e.g.
-:class:`~torch_geometric_gnf.nn.GraphNormalizingFlow` checks its batch
-vector before calling compiled couplings).
+:class:`~torch_geometric_gnf.nn.GraphNormalizingFlow` checks its node
+features and batch vector before calling compiled couplings).
 """
 from typing import Any, Optional
 
