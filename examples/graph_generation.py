@@ -24,7 +24,8 @@ the table and a grid of real vs generated graphs go to
 
 ``--compile`` compiles the flow's couplings with :func:`torch.compile`
 (same math; needs a C++ compiler for PyTorch's CPU code generation), which
-makes the flow's training steps ~1.4x faster on CPU:
+makes the flow's training steps 1.2-1.4x faster on CPU
+(``benchmarks/graph_generation_steps.py`` measures it side by side):
 
     python examples/graph_generation.py --dataset community_small --seeds 1 --threads 2 --compile
 
