@@ -44,13 +44,7 @@ def flow_trainer(example, args, train: List, compiled: bool):
     ae.eval()
 
     def step(batch: Batch) -> float:
-        x = gen.embed(batch)
-        loss = -gen.log_prob(x, batch.batch).sum() / x.size(0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
-        opt.step()
-        return loss.item()
+        return example.optimizer_step(opt, params, example.flow_loss(gen, batch))
     return step
 
 

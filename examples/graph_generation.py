@@ -219,6 +219,23 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
+def flow_loss(gen: GraphGenerator, batch: Batch) -> torch.Tensor:
+    r"""The flow's training loss: negative log-likelihood per node of the
+    batch's encoder embeddings (fresh encoder noise each call)."""
+    x = gen.embed(batch)
+    return -gen.log_prob(x, batch.batch).sum() / x.size(0)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: List, loss: torch.Tensor) -> float:
+    r"""Backward, gradient clipping (norm 10) and one optimiser step;
+    returns the loss."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
+    opt.step()
+    return loss.item()
+
+
 def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
     r"""Trains (or resumes) both stages of one seed; returns the checkpoint."""
     torch.manual_seed(seed)
@@ -264,13 +281,8 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
                 loss = bce / nodes
             else:
                 ae.eval()
-                x = gen.embed(batch)
-                loss = -gen.log_prob(x, batch.batch).sum() / x.size(0)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
-            opt.step()
-            value = loss.item()
+                loss = flow_loss(gen, batch)
+            value = optimizer_step(opt, params, loss)
             avg = value if avg is None else 0.98 * avg + 0.02 * value
             bar.set_postfix({'loss/node': f'{avg:.4f}'}, refresh=False)  # drawn every mininterval
             state[f'{stage}_step'] = step + 1
