@@ -13,7 +13,8 @@ input features and the graph):
   printed reason when the predicted peak does not fit in memory).
 
 Every configuration runs in a fresh process. Peak memory is the growth of
-``ru_maxrss`` during the first step on the graph (CPU; after a warm-up step on
+peak RSS (``VmHWM``: ``ru_maxrss`` of the process itself) during the first
+step on the graph (CPU; after a warm-up step on
 a tiny graph, with glibc's mmap threshold fixed so that RSS follows the live
 peak) or ``torch.cuda.max_memory_allocated`` (CUDA). This first step includes
 building the fused layer's self-looped graph and CSR. Time is the mean of

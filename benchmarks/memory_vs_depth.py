@@ -11,7 +11,8 @@ One forward + backward pass on a random graph (default 50,000 nodes,
   as F and G (the same weights' shapes; fused attention kernel).
 
 Every configuration runs in a fresh process; peak memory is the growth of
-``ru_maxrss`` over the step (CPU) or ``torch.cuda.max_memory_allocated``
+peak RSS (``VmHWM``: ``ru_maxrss`` of the process itself) over the step
+(CPU) or ``torch.cuda.max_memory_allocated``
 (CUDA).  Time is the mean of ``--repeats`` steps after a warm-up step, in a
 separate fresh process that keeps glibc's default allocator settings.
 

@@ -18,7 +18,8 @@ passing steps, a parameter-free aggregation that sums over neighbours.
 Printed: the paper's formula (weights + K N d intermediate values for the
 GNN, weights + N d for the GNF; 945.9 M and 80.2 M in the paper), and the
 measured peak memory of one training step (forward + backward) of both, each
-in a fresh process (``ru_maxrss`` growth over the step, after a warm-up step
+in a fresh process (peak RSS (``VmHWM``: ``ru_maxrss`` of the process
+itself) growth over the step, after a warm-up step
 on a tiny graph; CUDA: ``max_memory_allocated``), for K = 5, 20, 80.
 
     python benchmarks/pubmed_memory.py [--depths 5 20 80] [--markdown out.md]

@@ -1,8 +1,5 @@
-r"""benchmarks/graph_generation_steps.py: a tiny side-by-side run.
-
-It runs as its own process: torch.compile in the pytest process changes how
-later fresh-process memory measurements (test_benchmarks_pubmed_memory)
-read, so compiling stays out of it here."""
+r"""benchmarks/graph_generation_steps.py: a tiny side-by-side run, as its own
+process (as users run it)."""
 import os
 import os.path as osp
 import subprocess

@@ -1,7 +1,8 @@
 r"""Peak-memory measurement in a fresh process.
 
-A process's peak resident set size (``ru_maxrss``) only ever grows, so each
-configuration must run in its own process to be measured fairly.  The child
+A process's peak resident set size (``VmHWM``, or ``ru_maxrss``) only ever
+grows, so each configuration must run in its own process to be measured
+fairly.  The child
 imports the target function by module path (``spawn`` start method: no state
 inherited from the parent), records its resident memory before calling it
 and reports the peak growth (CPU) or ``torch.cuda.max_memory_allocated``
@@ -32,7 +33,19 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    r"""Peak resident set size of this process so far, in bytes."""
+    r"""Peak resident set size of this process so far, in bytes.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the peak of this
+    process's own address space.  ``ru_maxrss`` is the same peak, except
+    that Linux carries it across ``execve``: a child started by fork + exec
+    (multiprocessing's ``spawn``) reports at least the parent's resident
+    size at the fork, so a large parent (one that has run
+    :func:`torch.compile`, say) would hide the child's own peak."""
+    if sys.platform.startswith('linux'):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == 'darwin' else peak * 1024  # Linux: KiB
 
