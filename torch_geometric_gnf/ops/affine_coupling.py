@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from torch_geometric_gnf.ops._extension import extension_supports
+from torch_geometric_gnf.utils import infer_num_graphs
 
 
 def soft_clamp(s_raw: Tensor, clamp: Optional[float] = 2.0) -> Tensor:
@@ -60,12 +61,7 @@ def _validate(x: Tensor, s_raw: Tensor, t: Tensor, batch: Optional[Tensor],
         if batch.device != x.device:
             raise ValueError(f"affine_coupling: 'batch' on {batch.device} "
                              f"but 'x' on {x.device}")
-    if num_graphs is None:  # note: batch.max() syncs on CUDA
-        if batch is None:
-            num_graphs = 1
-        else:
-            num_graphs = int(batch.max()) + 1 if N > 0 else 0
-    num_graphs = int(num_graphs)
+    num_graphs = infer_num_graphs(batch, num_graphs)  # batch.max() syncs on CUDA
     if num_graphs < 0 or (batch is None and N > 0 and num_graphs < 1):
         raise ValueError(f"affine_coupling: invalid 'num_graphs' "
                          f"({num_graphs})")
@@ -202,9 +198,8 @@ def affine_coupling(
     if torch.compiler.is_compiling():
         # Traced by torch.compile: the PyTorch path, which the compiler fuses
         # (it cannot see into the C++ op), without the value checks.
-        if num_graphs is None:
-            num_graphs = 1 if batch is None else (int(batch.max()) + 1 if x.size(0) else 0)
-        return _reference(x, s_raw, t, batch, num_graphs, clamp, inverse)
+        return _reference(x, s_raw, t, batch, infer_num_graphs(batch, num_graphs),
+                          clamp, inverse)
     num_graphs = _validate(x, s_raw, t, batch, num_graphs, clamp)
     if extension_supports(x):
         c = 0.0 if clamp is None else float(clamp)
