@@ -152,7 +152,7 @@ def test_seeds_trained_in_separate_processes_evaluate_like_one_run(tmp_path):
         example.parse_args(['--seeds', '0'])
 
 
-def test_compile_flag_trains_compiled_couplings_and_records_the_setup(tmp_path):
+def test_compile_flag_trains_compiled_stages_and_records_the_setup(tmp_path):
     example = load_example()
     ckpt = str(tmp_path / 'ckpt')
     args = ['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt,
@@ -160,8 +160,12 @@ def test_compile_flag_trains_compiled_couplings_and_records_the_setup(tmp_path):
     table = example.main(args)
     state = torch.load(os.path.join(ckpt, 'tiny_community_small_seed0.pt'),
                        weights_only=False)
-    assert state['flow_step'] == 20 and state['compiled'] and state['threads'] == 2
-    assert '(2 thread(s), compiled flow)' in table
+    assert state['flow_step'] == 20 and state['threads'] == 2
+    assert state['compiled'] and state['compiled_ae']
+    assert '(2 thread(s), compiled auto-encoder and flow)' in table
+    # checkpoints of runs that compiled only the flow (no 'compiled_ae')
+    assert example.compiled_label({'compiled': True}) == ', compiled flow'
+    assert example.compiled_label({'compiled': False, 'compiled_ae': False}) == ''
     # Compiled modules keep their state-dict keys: an eager build (strict
     # load_state_dict) evaluates the checkpoint to the same table.
     again = example.main(args[:-3] + ['--stage', 'eval'])
@@ -184,3 +188,55 @@ def test_resampled_train_mmd_is_zero_for_a_copy_and_grows_with_a_mismatch():
     far = example.resampled_train_mmd(cliques, test, draws=4, seed=1)
     assert far['degree'] > 0.1 and far['clustering'] > 0.1 and far['orbit'] > 0.01
     assert far == example.resampled_train_mmd(cliques, test, draws=4, seed=1)
+
+
+class _ScriptedGenerator:
+    r"""Samples by script: at T = 1.0 every third graph is a path, the rest
+    the training clique; at T = 0.9 the first draw copies the training
+    graphs exactly and every later draw gives paths only."""
+
+    def __init__(self, seed: int):
+        self.first_draw_seed = 777 + seed
+        self.calls, self.counts = [], []
+
+    def sample(self, num_nodes, temperature, generator):
+        from torch_geometric.utils import from_networkx
+        import networkx as nx
+        self.calls.append((temperature, generator.initial_seed()))
+        self.counts.append(list(num_nodes))
+        first = generator.initial_seed() == self.first_draw_seed
+        graphs = []
+        for i, n in enumerate(num_nodes):
+            if temperature == 1.0:
+                g = nx.path_graph(n) if i % 3 == 0 else nx.complete_graph(n)
+            else:
+                g = nx.complete_graph(n) if first else nx.path_graph(n)
+            graphs.append(from_networkx(g))
+        return graphs
+
+
+def test_select_temperature_averages_draws_on_the_training_graphs():
+    import networkx as nx
+    example = load_example()
+    train_nx = [nx.complete_graph(4), nx.complete_graph(5), nx.complete_graph(4)]
+    # one draw (the rule before --temperature-draws): T = 0.9's lucky first draw wins
+    gen = _ScriptedGenerator(seed=3)
+    assert example.select_temperature(gen, train_nx, [1.0, 0.9], seed=3) == 0.9
+    assert len(gen.calls) == 2 and all(s == 780 for _, s in gen.calls)
+    # averaged over draws, T = 1.0's steady third of paths beats 0.9's later all-path draws
+    gen = _ScriptedGenerator(seed=3)
+    assert example.select_temperature(gen, train_nx, [1.0, 0.9], seed=3, draws=4) == 1.0
+    assert len(gen.calls) == 8 and len({s for _, s in gen.calls}) == 4
+    # each draw sees the training node counts, and the draws are the same for every T
+    assert [s for t, s in gen.calls if t == 1.0] == [s for t, s in gen.calls if t == 0.9]
+    assert all(c == [4, 5, 4] for c in gen.counts)
+    with pytest.raises(ValueError, match='draws'):
+        example.select_temperature(gen, train_nx, [1.0], seed=3, draws=0)
+
+
+def test_temperature_draws_flag_defaults_to_ten_and_must_be_positive():
+    example = load_example()
+    assert example.parse_args([]).temperature_draws == 10
+    assert example.parse_args(['--tiny']).temperature_draws == 2
+    with pytest.raises(SystemExit):
+        example.parse_args(['--temperature-draws', '0'])

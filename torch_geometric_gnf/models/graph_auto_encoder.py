@@ -68,7 +68,8 @@ class GraphAutoEncoder(torch.nn.Module):
     Graphs of different sizes are padded densely
     (:func:`~torch_geometric.utils.to_dense_batch`,
     :func:`~torch_geometric.utils.to_dense_adj`) with masks; there is no
-    python loop over graphs.
+    python loop over graphs.  For training on CPU, :meth:`compile_loss`
+    compiles the encoder's layers and the loss with :func:`torch.compile`.
 
     Args:
         embedding_channels (int, optional): Size :math:`d` of the node
@@ -182,12 +183,13 @@ class GraphAutoEncoder(torch.nn.Module):
         batch, mask, adj = self._dense(edge_index, batch, num_nodes)
         return self._encode_nodes(mask, adj, generator)[0]
 
-    def _encode_nodes(self, mask: Tensor, adj: Tensor,
-                      generator: Optional[torch.Generator] = None
-                      ) -> Tuple[Tensor, DenseLayout]:
-        r"""Embeddings :obj:`[num_nodes, d]` of the real nodes of the padded
-        batch (node mask :obj:`[B, n]`, adjacency :obj:`[B, n, n]`) and
-        their :class:`DenseLayout`."""
+    def _encoder_input(self, mask: Tensor, adj: Tensor,
+                       generator: Optional[torch.Generator] = None
+                       ) -> Tuple[Tensor, DenseLayout]:
+        r"""The encoder's random input features :obj:`[num_nodes,
+        noise_channels]` (scaled by :math:`\sigma`) and the batch's
+        :class:`DenseLayout`: the part of the encoder with data-dependent
+        shapes and the random draw, kept out of :meth:`compile_loss`."""
         B, n = mask.shape
         param = self.lin_in.weight
         # Drawn on the padded grid, so a batch's draw does not depend on how
@@ -197,15 +199,30 @@ class GraphAutoEncoder(torch.nn.Module):
         if self.attention == 'edges':
             eye = torch.eye(n, dtype=torch.bool, device=mask.device)
             layout = layout_of_mask(mask, adj | eye)  # neighbours and self
-            biases = [None] * self.num_layers
         else:
             layout = layout_of_mask(mask)
-            linked = adj.unsqueeze(1).to(param.dtype)  # [B, 1, n, n]
+        return layout.unpad(noise) * math.sqrt(self.noise_variance), layout
+
+    def _encoder_layers(self, h: Tensor, layout: DenseLayout, adj: Tensor) -> Tensor:
+        r"""Embeddings :obj:`[num_nodes, d]` of the input features :obj:`h`."""
+        if self.attention == 'edges':
+            biases = [None] * self.num_layers
+        else:
+            linked = adj.unsqueeze(1).to(h.dtype)  # [B, 1, n, n]
             biases = [linked * b.view(1, -1, 1, 1) for b in self.edge_bias]
-        h = self.lin_in(layout.unpad(noise) * math.sqrt(self.noise_variance))
+        h = self.lin_in(h)
         for layer, bias in zip(self.layers, biases):
             h = layer(h, layout, bias)
-        return self.lin_out(h), layout
+        return self.lin_out(h)
+
+    def _encode_nodes(self, mask: Tensor, adj: Tensor,
+                      generator: Optional[torch.Generator] = None
+                      ) -> Tuple[Tensor, DenseLayout]:
+        r"""Embeddings :obj:`[num_nodes, d]` of the real nodes of the padded
+        batch (node mask :obj:`[B, n]`, adjacency :obj:`[B, n, n]`) and
+        their :class:`DenseLayout`."""
+        h, layout = self._encoder_input(mask, adj, generator)
+        return self._encoder_layers(h, layout, adj), layout
 
     def _encode_dense(self, mask: Tensor, adj: Tensor,
                       generator: Optional[torch.Generator] = None) -> Tensor:
@@ -261,14 +278,43 @@ class GraphAutoEncoder(torch.nn.Module):
         Table 3's BCE per node).  Encodes :obj:`data` unless :obj:`z` given."""
         edge_index, batch, num_nodes = self._unpack(data)
         batch, mask, adj = self._dense(edge_index, batch, num_nodes)
-        zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
+        if z is None:
+            h, layout = self._encoder_input(mask, adj)
+            bce = self._encoded_pair_bce(h, layout, adj)
+        else:
+            bce = self._pair_bce(to_dense_batch(z, batch)[0], mask, adj)
+        return bce, int(mask.sum())
+
+    def _pair_bce(self, zd: Tensor, mask: Tensor, adj: Tensor) -> Tensor:
+        r"""Summed BCE of padded embeddings :obj:`[B, n, d]` (with embedding
+        noise in training mode).  The pairs are weighted by the 0/1 pair mask,
+        not selected, so that the shapes do not depend on the data."""
         if self.training:
             zd = self.add_embedding_noise(zd)
         logits = pair_logits(zd, self.temperature)
-        pairs = pair_mask(mask)
-        bce = F.binary_cross_entropy_with_logits(logits[pairs], adj[pairs].to(logits.dtype),
-                                                 reduction='sum')
-        return bce, int(mask.sum())
+        return F.binary_cross_entropy_with_logits(
+            logits, adj.to(logits.dtype), weight=pair_mask(mask).to(logits.dtype),
+            reduction='sum')
+
+    def _encoded_pair_bce(self, h: Tensor, layout: DenseLayout, adj: Tensor) -> Tensor:
+        r"""Summed BCE of the encoder's input features :obj:`h` (the part of
+        :meth:`loss` that :meth:`compile_loss` compiles)."""
+        zd = layout.pad(self._encoder_layers(h, layout, adj))
+        return self._pair_bce(zd, layout.mask, adj)
+
+    def compile_loss(self, **kwargs) -> 'GraphAutoEncoder':
+        r"""Compiles the encoder's layers, the decoder and the BCE of
+        :meth:`loss` with :func:`torch.compile` (keyword arguments passed
+        on; default :obj:`dynamic=True, fullgraph=True`, so that batches of
+        other sizes do not recompile).  The input checks, the dense layout
+        (data-dependent shapes) and the encoder's noise draw stay eager, so
+        the encoder sees the eager model's random stream; the embedding
+        noise of training mode (:obj:`embedding_noise` > 0) is drawn inside
+        the compiled code (same distribution, another stream).  Same math;
+        the rounding differs.  Compiles in place and returns the module."""
+        kwargs = {'dynamic': True, 'fullgraph': True, **kwargs}
+        self._encoded_pair_bce = torch.compile(self._encoded_pair_bce, **kwargs)
+        return self
 
     @torch.no_grad()
     def incorrect_edges(self, data, z: Optional[Tensor] = None) -> int:
