@@ -377,10 +377,11 @@ def select_temperature(gen: GraphGenerator, train_nx: List[nx.Graph],
     r"""The sampling temperature whose graphs (node counts of the training
     graphs) have the smallest summed MMD^2 to the *training* graphs, averaged
     over :obj:`draws` independent sample sets; the test graphs play no part in
-    the choice.  One draw of 80 community-small graphs is noisy (the summed
-    MMD^2 of one temperature moves by about as much from draw to draw as
-    between neighbouring temperatures), so the example averages several.
-    Draw 0 uses the random stream of the single-draw rule of earlier rounds."""
+    the choice.  One sample set as large as the training set (80
+    community-small graphs) is a noisy estimate of a temperature's MMD^2,
+    so that one lucky set can decide; the mean over several sets cannot be
+    decided by one.  Draw 0 uses the random stream of the single-draw rule
+    of earlier rounds (``--temperature-draws 1``)."""
     from torch_geometric_gnf.metrics import graph_mmd_table
     if draws < 1:
         raise ValueError(f'draws must be positive, got {draws}')
@@ -394,9 +395,10 @@ def select_temperature(gen: GraphGenerator, train_nx: List[nx.Graph],
             per_draw.append(sum(graph_mmd_table(train_nx, to_nx(fake)).values()))
         scores[t] = (float(np.mean(per_draw)), per_draw)
     best = min(scores, key=lambda t: scores[t][0])
-    print(f'seed {seed}: summed train MMD^2 by temperature, mean of {draws} draw(s) '
-          f'(first draw) {dict((t, (round(m, 4), round(p[0], 4))) for t, (m, p) in scores.items())}'
-          f' -> T = {best}')
+    print(f'seed {seed}: summed train MMD^2 by temperature, mean / std / first of '
+          f'{draws} draw(s): ' + ', '.join(
+              f'{t:g}: {m:.4f} / {np.std(p):.4f} / {p[0]:.4f}' for t, (m, p) in scores.items())
+          + f' -> T = {best}')
     return best
 
 
