@@ -379,8 +379,8 @@ def select_temperature(gen: GraphGenerator, train_nx: List[nx.Graph],
     over :obj:`draws` independent sample sets; the test graphs play no part in
     the choice.  One sample set as large as the training set (80
     community-small graphs) is a noisy estimate of a temperature's MMD^2,
-    so that one lucky set can decide; the mean over several sets cannot be
-    decided by one.  Draw 0 uses the random stream of the single-draw rule
+    so one lucky set could decide the choice; the mean over several sets is
+    a steadier estimate.  Draw 0 uses the random stream of the single-draw rule
     of earlier rounds (``--temperature-draws 1``)."""
     from torch_geometric_gnf.metrics import graph_mmd_table
     if draws < 1:
