@@ -161,8 +161,10 @@ def test_compile_flag_trains_compiled_stages_and_records_the_setup(tmp_path):
     state = torch.load(os.path.join(ckpt, 'tiny_community_small_seed0.pt'),
                        weights_only=False)
     assert state['flow_step'] == 20 and state['threads'] == 2
-    assert state['compiled'] and state['compiled_ae']
-    assert '(2 thread(s), compiled auto-encoder and flow)' in table
+    assert state['compiled'] and not state['compiled_ae']
+    assert '(2 thread(s), compiled flow)' in table
+    assert example.compiled_label({'compiled': True, 'compiled_ae': True}) == \
+        ', compiled auto-encoder and flow'
     # checkpoints of runs that compiled only the flow (no 'compiled_ae')
     assert example.compiled_label({'compiled': True}) == ', compiled flow'
     assert example.compiled_label({'compiled': False, 'compiled_ae': False}) == ''
