@@ -1,6 +1,6 @@
 r"""Training-step time of both stages of the graph generation example, eager
 PyTorch versus compiled with :func:`torch.compile` (the example's
-``--compile``), side by side in one process.
+``--compile-ae`` and ``--compile``), side by side in one process.
 
 For each stage, both models are built from the same seed with the example's
 default configuration (``examples/graph_generation.py``: the auto-encoder's
