@@ -15,8 +15,11 @@ For every seed:
    clustering, orbit) against the test graphs, beside the train-vs-test
    noise floor.
 
-Training checkpoints (resumed automatically) go to ``--checkpoint-dir``;
-the table and a grid of real vs generated graphs go to
+A :class:`LossSpikeGuard` watches the auto-encoder's training: if its
+running loss runs away (``--ae-spike-factor`` times its lowest), training
+goes back to the last healthy copy at half the learning rate, and the table
+lists the rollback.  Training checkpoints (resumed automatically) go to
+``--checkpoint-dir``; the table and a grid of real vs generated graphs go to
 ``--out/graph_generation_<dataset>.{md,png}``.
 
     python examples/graph_generation.py --dataset community_small --seeds 3
@@ -26,7 +29,7 @@ the table and a grid of real vs generated graphs go to
 (same math; needs a C++ compiler for PyTorch's CPU code generation), which
 makes the flow's training steps 1.2-1.4x faster on CPU
 (``benchmarks/graph_generation_steps.py`` measures it side by side, and
-the experimental ``--compile-ae`` for the auto-encoder's loss):
+the opt-in ``--compile-ae`` for the auto-encoder's loss):
 
     python examples/graph_generation.py --dataset community_small --seeds 1 --threads 2 --compile
 
@@ -37,12 +40,13 @@ together afterwards, with the same result as one sequential run:
     python examples/graph_generation.py --dataset ego_small --stage eval --seeds 3
 """
 import argparse
+import copy
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
 
@@ -133,9 +137,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'compiled graph serves all couplings; dynamic shapes; '
                         'under a minute to compile, then faster flow steps)')
     p.add_argument('--compile-ae', action='store_true',
-                   help="experimental: also torch.compile the auto-encoder's loss "
-                        '(GraphAutoEncoder.compile_loss); a full community-small '
-                        'run with it diverged (docs/graph_generation.md, round 11)')
+                   help="also torch.compile the auto-encoder's loss "
+                        '(GraphAutoEncoder.compile_loss; opt-in: two community-small '
+                        'runs with it had their loss run away, which --ae-spike-factor '
+                        'now catches; docs/graph_generation.md, rounds 11-12)')
+    p.add_argument('--ae-spike-factor', type=float, default=10.0,
+                   help="roll the auto-encoder back to its last healthy copy and "
+                        'halve its learning rate when its running loss exceeds '
+                        'this multiple of its lowest (LossSpikeGuard; 0: off)')
     p.add_argument('--stage', choices=['all', 'train', 'eval'], default='all')
     p.add_argument('--checkpoint-dir',
                    default=os.path.join(tempfile.gettempdir(), 'gnf_graph_generation'))
@@ -151,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.flow_steps = DEFAULT_FLOW_STEPS[args.dataset]
     if args.seeds < 1 or args.first_seed < 0:
         p.error('--seeds must be positive and --first-seed non-negative')
+    if args.ae_spike_factor != 0 and args.ae_spike_factor <= 2:
+        p.error('--ae-spike-factor must be 0 (off) or above 2')
     if args.temperature_draws < 1:
         p.error('--temperature-draws must be positive')
     if args.tiny:
@@ -256,6 +267,71 @@ def optimizer_step(opt: torch.optim.Optimizer, params: List, loss: torch.Tensor)
     return loss.item()
 
 
+class LossSpikeGuard:
+    r"""Rolls a training stage back when its loss runs away.
+
+    Watches the running loss :math:`\bar{\ell}_t` (the exponential average
+    shown in the progress bar) and its lowest value after :obj:`warmup`
+    steps, :math:`m_t = \min_{s \le t} \bar{\ell}_s`.  Every :obj:`every`
+    steps at which :math:`\bar{\ell}_t \le 2 m_t`, it keeps an in-memory
+    copy of the module's parameters and the optimiser's state.  When
+    :math:`\bar{\ell}_t > \mathrm{factor} \cdot m_t`, it restores the last
+    copy, halves the learning rate for the rest of the stage and returns the
+    copy's step, from which training goes on with fresh batches.  For
+    positive losses (the auto-encoder's BCE).
+
+    Why: a community-small auto-encoder (seed 3, lr 0.002) was followed from
+    a saved state: eager and compiled float32 runs both left it in a loss
+    blow-up (0.2 to 10 per node within ~15 steps, then a plateau at ~4-7),
+    while their gradients matched float64 to ~1e-5; with half the learning
+    rate the same state trained on normally (docs, round 12).  Healthy runs
+    were seen to reach 3-4x their lowest running loss and recover; the
+    runaway ones 50x.  The copies live in memory only: a run resumed from
+    disk starts watching afresh (the learning-rate scale is checkpointed).
+    """
+    def __init__(self, module: torch.nn.Module, opt: torch.optim.Optimizer,
+                 factor: float = 10.0, every: int = 250, warmup: int = 1000,
+                 max_rollbacks: int = 5):
+        self.module, self.opt = module, opt
+        self.factor, self.every, self.warmup = factor, every, warmup
+        self.max_rollbacks = max_rollbacks
+        self.lowest = math.inf
+        self.lr_scale, self.rollbacks = 1.0, []
+        self._copy: Optional[Dict] = None
+
+    def observe(self, step: int, running_loss: float) -> Optional[int]:
+        r"""Call after the optimiser step that made :obj:`step` steps; returns
+        the step to go on from after a rollback, else :obj:`None`."""
+        if step < self.warmup:
+            return None
+        if running_loss > self.factor * self.lowest and self._copy is not None:
+            return self._roll_back(step)
+        self.lowest = min(self.lowest, running_loss)
+        if step % self.every == 0 and running_loss <= 2 * self.lowest:
+            self._copy = dict(step=step, running_loss=running_loss,
+                              module=copy.deepcopy(self.module.state_dict()),
+                              opt=copy.deepcopy(self.opt.state_dict()))
+        return None
+
+    @property
+    def running_loss(self) -> float:
+        r"""The running loss at the last copy (to restart the average from)."""
+        return self._copy['running_loss']
+
+    def _roll_back(self, step: int) -> int:
+        if len(self.rollbacks) == self.max_rollbacks:
+            raise RuntimeError(f'the loss ran away {len(self.rollbacks) + 1} times '
+                               f'(steps {[r[0] for r in self.rollbacks] + [step]}); '
+                               f'lower --lr')
+        self.module.load_state_dict(self._copy['module'])
+        # a copy of the copy: the optimiser adopts the tensors it is given
+        # and updates them in place, and a later rollback may need them
+        self.opt.load_state_dict(copy.deepcopy(self._copy['opt']))
+        self.lr_scale *= 0.5
+        self.rollbacks.append((step, self._copy['step']))
+        return self._copy['step']
+
+
 def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
     r"""Trains (or resumes) both stages of one seed; returns the checkpoint."""
     torch.manual_seed(seed)
@@ -282,7 +358,8 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
     def save():
         state.update(model=gen.state_dict(), ae_opt=ae_opt.state_dict(),
                      flow_opt=flow_opt.state_dict(), threads=args.threads,
-                     compiled=args.compile, compiled_ae=args.compile_ae)
+                     compiled=args.compile, compiled_ae=args.compile_ae,
+                     ae_spike_factor=args.ae_spike_factor)
         torch.save(state, ckpt_path + '.tmp')
         os.replace(ckpt_path + '.tmp', ckpt_path)
 
@@ -290,19 +367,38 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
         total = getattr(args, f'{stage}_steps')
         opt = ae_opt if stage == 'ae' else flow_opt
         params = list(ae.parameters()) if stage == 'ae' else list(gen.flow.parameters())
-        bar = tqdm(range(state[f'{stage}_step'], total), desc=f'seed {seed} {stage}',
-                   initial=state[f'{stage}_step'], total=total, mininterval=5)
+        guard = None
+        if stage == 'ae' and args.ae_spike_factor > 0:
+            guard = LossSpikeGuard(ae, ae_opt, args.ae_spike_factor)
+            guard.lr_scale = state.get('ae_lr_scale', 1.0)
+            guard.rollbacks = [tuple(r) for r in state.get('ae_rollbacks', [])]
+        lr_scale = 1.0
+        step = state[f'{stage}_step']
+        bar = tqdm(desc=f'seed {seed} {stage}', initial=step, total=total, mininterval=5)
         start, avg = time.perf_counter(), None
-        for step in bar:
+        while step < total:
             batch = minibatch(train, args.batch_size, data_gen)
+            if guard is not None:
+                lr_scale = guard.lr_scale
             for group in opt.param_groups:
-                group['lr'] = cosine_lr(step, total, args.lr)
+                group['lr'] = lr_scale * cosine_lr(step, total, args.lr)
             loss = ae_loss(ae, batch) if stage == 'ae' else flow_loss(gen, batch)
             value = optimizer_step(opt, params, loss)
             avg = value if avg is None else 0.98 * avg + 0.02 * value
+            step += 1
+            back = guard.observe(step, avg) if guard is not None else None
+            if back is not None:
+                tqdm.write(f'seed {seed} {stage}: running loss {avg:.4g} at step {step}; '
+                           f'back to step {back}, learning rate x{guard.lr_scale:g}')
+                step, avg = back, guard.running_loss
+                state.update(ae_lr_scale=guard.lr_scale, ae_rollbacks=guard.rollbacks)
+                bar.n = step
+            else:
+                bar.update(1)
             bar.set_postfix({'loss/node': f'{avg:.4f}'}, refresh=False)  # drawn every mininterval
-            state[f'{stage}_step'] = step + 1
-            if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
+            state[f'{stage}_step'] = step
+            # after a rollback too, so that the file never holds the runaway state
+            if back is not None or step % args.checkpoint_every == 0 or step == total:
                 state[f'{stage}_seconds'] += time.perf_counter() - start
                 start = time.perf_counter()
                 save()
@@ -406,6 +502,16 @@ def select_temperature(gen: GraphGenerator, train_nx: List[nx.Graph],
     return best
 
 
+def rollback_label(state: Dict) -> str:
+    r"""The checkpoint's auto-encoder rollbacks (runs before the guard, or
+    with it off, say so)."""
+    if not state.get('ae_spike_factor'):
+        return 'no guard'
+    rollbacks = state.get('ae_rollbacks', [])
+    return (' '.join(f'{a}->{b}' for a, b in rollbacks) + f' (lr x{0.5 ** len(rollbacks):g})'
+            if rollbacks else 'none')
+
+
 def compiled_label(state: Dict) -> str:
     r"""What the checkpoint's run compiled (runs before the auto-encoder's
     compiled loss recorded only :obj:`compiled`: the flow's couplings)."""
@@ -434,6 +540,7 @@ def evaluate(args, train: List, test: List, states: List[Dict],
         row['seconds'] = state['ae_seconds'] + state['flow_seconds']
         row['setup'] = (f"{state['threads']} thread(s){compiled_label(state)}"
                         if 'threads' in state else 'threads not recorded')
+        row['rollbacks'] = rollback_label(state)
         ae_rows.append(row)
         temperature = args.temperature
         if temperature is None:
@@ -479,6 +586,8 @@ def evaluate(args, train: List, test: List, states: List[Dict],
               '', 'Sampling temperature per seed (chosen on the training graphs, '
               f'mean of {args.temperature_draws} draw(s) per temperature): ' +
               ', '.join(f'{r["temperature"]:g}' for r in ae_rows),
+              '', 'Auto-encoder rollbacks per seed (LossSpikeGuard; step of the '
+              'runaway -> step restored): ' + ', '.join(r['rollbacks'] for r in ae_rows),
               '', f'Config: `{json.dumps(config_of(args))}`']
     table = '\n'.join(lines) + '\n'
     with open(stem + '.md', 'w') as f:

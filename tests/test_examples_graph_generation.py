@@ -28,7 +28,7 @@ def test_tiny_mode_end_to_end_with_resume(tmp_path):
     with open(md) as f:
         assert f.read() == table
     for row in ('noise floor', 'ideal generator', 'matched node counts', '16 samples',
-                'GNF (paper)', '| test |'):
+                'GNF (paper)', '| test |', 'step restored): none\n'):
         assert row in table
     # Evaluating again from the checkpoint gives the same auto-encoder edge count
     # (same weights) without training.
@@ -242,3 +242,84 @@ def test_temperature_draws_flag_defaults_to_ten_and_must_be_positive():
     assert example.parse_args(['--tiny']).temperature_draws == 2
     with pytest.raises(SystemExit):
         example.parse_args(['--temperature-draws', '0'])
+
+
+def test_loss_spike_guard_rolls_back_to_the_last_healthy_copy():
+    example = load_example()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+    guard = example.LossSpikeGuard(lin, opt, factor=10, every=5, warmup=5, max_rollbacks=2)
+
+    def train_step():  # moves the weights and the optimiser's state
+        opt.zero_grad()
+        lin(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+
+    def snapshot():
+        return ([p.detach().clone() for p in lin.parameters()],
+                [s['exp_avg_sq'].clone() for s in opt.state.values()])
+
+    def same(a, b):
+        return all(torch.equal(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+    assert guard.observe(3, 100.0) is None  # warm-up: not watched
+    for step in range(5, 11):
+        train_step()
+        assert guard.observe(step, 1.0) is None
+    at_10 = snapshot()  # the last copy (every 5 steps while healthy)
+    train_step()
+    assert guard.observe(11, 5.0) is None  # a spike healthy runs recover from
+    train_step()
+    assert not same(snapshot(), at_10)
+    assert guard.observe(12, 10.5) == 10  # runaway: back to step 10
+    assert same(snapshot(), at_10)
+    assert guard.lr_scale == 0.5 and guard.rollbacks == [(12, 10)]
+    assert guard.running_loss == 1.0
+    for step in range(11, 16):
+        train_step()
+        assert guard.observe(step, 3.0) is None  # above 2x the lowest: no new copy at 15
+    assert guard.observe(16, 10.5) == 10  # the same copy again, unchanged by training
+    assert same(snapshot(), at_10) and guard.lr_scale == 0.25
+    with pytest.raises(RuntimeError, match='ran away 3 times'):
+        guard.observe(17, 10.5)
+
+
+def test_training_rolls_the_auto_encoder_back_and_records_it(tmp_path, monkeypatch):
+    # The training loop with a guard that watches from step 2 and copies every
+    # 4 steps; the 12th auto-encoder step reports a runaway loss.
+    example = load_example()
+
+    class QuickGuard(example.LossSpikeGuard):
+        def __init__(self, module, opt, factor):
+            super().__init__(module, opt, factor, every=4, warmup=2)
+
+    lrs, real_step = [], example.optimizer_step
+
+    def scripted_step(opt, params, loss):
+        lrs.append(opt.param_groups[0]['lr'])
+        real_step(opt, params, loss)
+        return 1000.0 if len(lrs) == 12 else 1.0
+
+    monkeypatch.setattr(example, 'LossSpikeGuard', QuickGuard)
+    monkeypatch.setattr(example, 'optimizer_step', scripted_step)
+    ckpt = str(tmp_path / 'ckpt')
+    table = example.main(['--dataset', 'community_small', '--tiny', '--checkpoint-dir', ckpt,
+                          '--out', str(tmp_path / 'out'), '--stage', 'train'])
+    assert table == ''  # --stage train
+    state = torch.load(os.path.join(ckpt, 'tiny_community_small_seed0.pt'), weights_only=False)
+    assert state['ae_step'] == 20 and state['ae_rollbacks'] == [(12, 8)]
+    assert state['ae_lr_scale'] == 0.5
+    assert example.rollback_label(state) == '12->8 (lr x0.5)'
+    # 12 steps, then steps 9-20 again at half the learning rate; then the flow's 20
+    assert len(lrs) == 12 + 12 + 20
+    lr = example.parse_args(['--tiny']).lr
+    assert lrs[11] == pytest.approx(example.cosine_lr(11, 20, lr))
+    assert lrs[12] == pytest.approx(0.5 * example.cosine_lr(8, 20, lr))
+    assert lrs[24] == pytest.approx(example.cosine_lr(0, 20, lr))  # the flow: unscaled
+    # Runs before the guard, or with it off, say so.
+    assert example.rollback_label({}) == 'no guard'
+    assert example.rollback_label({'ae_spike_factor': 0.0}) == 'no guard'
+    assert example.rollback_label({'ae_spike_factor': 10.0}) == 'none'
+    with pytest.raises(SystemExit):
+        example.parse_args(['--ae-spike-factor', '1.5'])
