@@ -280,14 +280,15 @@ class LossSpikeGuard:
     copy's step, from which training goes on with fresh batches.  For
     positive losses (the auto-encoder's BCE).
 
-    Why: a community-small auto-encoder (seed 3, lr 0.002) was followed from
-    a saved state: eager and compiled float32 runs both left it in a loss
-    blow-up (0.2 to 10 per node within ~15 steps, then a plateau at ~4-7),
-    while their gradients matched float64 to ~1e-5; with half the learning
-    rate the same state trained on normally (docs, round 12).  Healthy runs
-    were seen to reach 3-4x their lowest running loss and recover; the
-    runaway ones 50x.  The copies live in memory only: a run resumed from
-    disk starts watching afresh (the learning-rate scale is checkpointed).
+    Why: community-small auto-encoders (lr 0.002) train at the edge of
+    stability.  From one saved state (seed 3), a compiled run's loss went
+    from 0.2 to 10 per node within ~15 steps and stayed high for thousands,
+    an eager run spiked to 11 later and recovered, and at half the learning
+    rate the same state trained on normally; both runs' gradients matched
+    float64 to ~1e-5 (docs, round 12).  Healthy runs were seen to reach 3-4x
+    their lowest running loss and recover; the runaway ones 50x.  The copies
+    live in memory only: a run resumed from disk starts watching afresh (the
+    learning-rate scale and the rollbacks are checkpointed).
     """
     def __init__(self, module: torch.nn.Module, opt: torch.optim.Optimizer,
                  factor: float = 10.0, every: int = 250, warmup: int = 1000,
