@@ -373,14 +373,12 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
             guard = LossSpikeGuard(ae, ae_opt, args.ae_spike_factor)
             guard.lr_scale = state.get('ae_lr_scale', 1.0)
             guard.rollbacks = [tuple(r) for r in state.get('ae_rollbacks', [])]
-        lr_scale = 1.0
         step = state[f'{stage}_step']
         bar = tqdm(desc=f'seed {seed} {stage}', initial=step, total=total, mininterval=5)
         start, avg = time.perf_counter(), None
         while step < total:
             batch = minibatch(train, args.batch_size, data_gen)
-            if guard is not None:
-                lr_scale = guard.lr_scale
+            lr_scale = guard.lr_scale if guard is not None else 1.0
             for group in opt.param_groups:
                 group['lr'] = lr_scale * cosine_lr(step, total, args.lr)
             loss = ae_loss(ae, batch) if stage == 'ae' else flow_loss(gen, batch)
