@@ -297,7 +297,7 @@ class LossSpikeGuard:
         self.factor, self.every, self.warmup = factor, every, warmup
         self.max_rollbacks = max_rollbacks
         self.lowest = math.inf
-        self.lr_scale, self.rollbacks = 1.0, []
+        self.rollbacks: List = []  # (step of the runaway, step restored)
         self._copy: Optional[Dict] = None
 
     def observe(self, step: int, running_loss: float) -> Optional[int]:
@@ -315,6 +315,11 @@ class LossSpikeGuard:
         return None
 
     @property
+    def lr_scale(self) -> float:
+        r"""Factor on the learning rate: halved by every rollback."""
+        return 0.5 ** len(self.rollbacks)
+
+    @property
     def running_loss(self) -> float:
         r"""The running loss at the last copy (to restart the average from)."""
         return self._copy['running_loss']
@@ -328,7 +333,6 @@ class LossSpikeGuard:
         # a copy of the copy: the optimiser adopts the tensors it is given
         # and updates them in place, and a later rollback may need them
         self.opt.load_state_dict(copy.deepcopy(self._copy['opt']))
-        self.lr_scale *= 0.5
         self.rollbacks.append((step, self._copy['step']))
         return self._copy['step']
 
@@ -371,7 +375,6 @@ def train_seed(args, seed: int, train: List, ckpt_path: str) -> Dict:
         guard = None
         if stage == 'ae' and args.ae_spike_factor > 0:
             guard = LossSpikeGuard(ae, ae_opt, args.ae_spike_factor)
-            guard.lr_scale = state.get('ae_lr_scale', 1.0)
             guard.rollbacks = [tuple(r) for r in state.get('ae_rollbacks', [])]
         step = state[f'{stage}_step']
         bar = tqdm(desc=f'seed {seed} {stage}', initial=step, total=total, mininterval=5)
