@@ -8,6 +8,16 @@ writes Figure 3 and a markdown table under ``examples/results/``.
 
     python examples/density_estimation.py --dataset mog --model both --seeds 3
     python examples/density_estimation.py --dataset all --steps 50 --tiny  # smoke test
+
+Long runs (30-70 min) survive being killed: with ``--checkpoint PATH`` the
+state of the run (finished trainings' results; the training in progress:
+weights, Adam, the weight average, the best check, the --rollback/--reject
+guards, batch generator and RNG states, step) is written atomically every
+``--checkpoint-every`` steps, and the same command with ``--resume``
+continues from it to the same result as an uninterrupted run:
+
+    python examples/density_estimation.py --dataset moons6 --checkpoint runs/moons.pt
+    python examples/density_estimation.py --dataset moons6 --checkpoint runs/moons.pt --resume
 """
 import argparse
 import copy
@@ -26,6 +36,9 @@ from tqdm import tqdm
 from torch_geometric_gnf.datasets.density import DENSITY_DATASETS, PointSetDataset
 from torch_geometric_gnf.models import build_set_flow
 from torch_geometric_gnf.utils import set_input_checks
+from torch_geometric_gnf.utils.training import (atomic_save, fault_point,
+                                                read_checkpoint,
+                                                restore_rng_states, rng_states)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 PAPER = {  # Table 2 of the paper: (RealNVP, GNF)
@@ -129,6 +142,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--out', default=RESULTS, help='folder for the figure and table')
     p.add_argument('--json', default=None, help='also write raw results here')
     p.add_argument('--no-plot', action='store_true')
+    p.add_argument('--checkpoint', default=None, metavar='PATH',
+                   help='write the run\'s state here every --checkpoint-every '
+                        'steps and after every training (atomically)')
+    p.add_argument('--checkpoint-every', type=int, default=100, metavar='STEPS')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run saved in --checkpoint (same '
+                        'arguments); without it an existing checkpoint is '
+                        'refused rather than overwritten')
     p.add_argument('--combine', nargs='+', default=None, metavar='JSON',
                    help='no training: merge the --json files of earlier runs '
                         '(e.g. seeds or datasets run in parallel) into the '
@@ -149,6 +170,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.reject and (args.ema or args.rollback):
         p.error('--reject undoes single raw-weight updates: use it without '
                 '--ema and --rollback')
+    if args.checkpoint_every < 1:
+        p.error(f'--checkpoint-every must be positive (got {args.checkpoint_every})')
+    if args.resume and not args.checkpoint:
+        p.error('--resume needs --checkpoint PATH')
     if not all(0.0 <= beta < 1.0 for beta in args.betas):
         p.error(f'--betas must be in [0, 1) (got {args.betas})')
     if args.tiny:
@@ -221,10 +246,73 @@ class UpdateGuard:
             for key, value in self.state[i].items():
                 self.opt.state[p][key].copy_(value)
 
+    def state_dict(self) -> Dict:
+        r"""The snapshot, for a checkpoint."""
+        return {'weights': self.weights, 'state': self.state}
+
+    @torch.no_grad()
+    def load_state_dict(self, saved: Dict) -> None:
+        torch._foreach_copy_(self.weights, saved['weights'])
+        self.state = {int(i): {key: value.clone() for key, value in kept.items()}
+                      for i, kept in saved['state'].items()}
+
+
+# Arguments that do not change a run's results: a checkpoint resumes under
+# other values of these.
+NOT_RESULT_ARGS = ('out', 'json', 'no_plot', 'combine', 'checkpoint',
+                   'checkpoint_every', 'resume', 'threads')
+
+
+class RunCheckpoint:
+    r"""The :obj:`--checkpoint` file of a run: its arguments, the results of
+    the finished trainings (by ``dataset/model/seed``) and the full state of
+    the training in progress, written atomically (a kill at any point
+    leaves the previous file)."""
+    def __init__(self, path: Optional[str], args: argparse.Namespace, resume: bool):
+        self.path = path
+        self.config = {k: v for k, v in vars(args).items() if k not in NOT_RESULT_ARGS}
+        self.finished: Dict[str, Dict] = {}
+        self.current: Optional[Dict] = None
+        if path is None:
+            return
+        if not os.path.exists(path):
+            if resume:
+                raise FileNotFoundError(f"--resume: no checkpoint at '{path}'")
+            return
+        if not resume:
+            raise FileExistsError(f"--checkpoint '{path}' exists: add --resume to "
+                                  f"continue that run, or delete it")
+        state = read_checkpoint(path)
+        if state.get('config') != self.config:
+            raise ValueError(f"Checkpoint '{path}' was written by a run with other "
+                             f"arguments ({state.get('config')}); resume it with "
+                             f"the same ones")
+        self.finished, self.current = state['finished'], state['current']
+
+    def training(self, key: str) -> Optional[Dict]:
+        r"""The saved state of training :obj:`key` if it is the one in progress."""
+        return self.current if self.current and self.current['key'] == key else None
+
+    def save_training(self, key: str, state: Dict) -> None:
+        self.current = {'key': key, **state}
+        self._write()
+
+    def finish(self, key: str, record: Dict) -> None:
+        self.finished[key] = record
+        self.current = None
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            atomic_save({'config': self.config, 'finished': self.finished,
+                         'current': self.current}, self.path)
+
 
 def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                seed: int, val: Optional[torch.Tensor] = None,
-               desc: str = '', stats: Optional[Dict] = None) -> torch.nn.Module:
+               desc: str = '', stats: Optional[Dict] = None,
+               checkpoint: Optional[RunCheckpoint] = None,
+               key: str = '') -> torch.nn.Module:
     r"""Trains a GNF or RealNVP by maximum likelihood on :obj:`train.sets`
     with Adam; the data are standardised by a fixed per-channel affine
     step (its log-determinant is part of the density).
@@ -249,7 +337,14 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     :obj:`stats['rejected']` counts the undone updates.  With
     :obj:`args.anneal_noise` > 0 the training batches get Gaussian noise
     (:func:`anneal_sigma`), so a flow first fits blurred modes and sharpens
-    them while the learning rate falls; validation is on clean data."""
+    them while the learning rate falls; validation is on clean data.
+
+    With a :obj:`checkpoint`, the whole training state is saved there
+    under :obj:`key` every :obj:`args.checkpoint_every` steps, and a saved
+    state of :obj:`key` is resumed: the run then equals an uninterrupted
+    one (same batches, updates, rejections, rollbacks and average);
+    :obj:`stats['seconds']` is the training time of the interrupted runs."""
+    tic = time.time()
     torch.manual_seed(seed)
     sets = train.sets
     loc = sets.reshape(-1, 2).mean(0)
@@ -269,13 +364,42 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     best = (math.inf, None)  # (validation NLL, state dict of the scored flow)
     select = args.select == 'best' and val is not None
     gen = torch.Generator().manual_seed(seed + 1000)
-    bar = tqdm(range(args.steps), desc=desc, mininterval=5, file=sys.stdout)
     running = None
     # weights and Adam state of the best check, for --rollback
     best_guard = UpdateGuard(list(flow.parameters()), opt) if args.rollback else None
     rollbacks = rejected = 0
     guard = UpdateGuard(list(flow.parameters()), opt) if args.reject > 0 else None
     lr_scale, restored = 1.0, False  # lr_scale < 1 for a while after a rejection
+    start, seconds_before = 0, 0.0
+    saved = checkpoint.training(key) if checkpoint is not None else None
+    if saved is not None:
+        flow.load_state_dict(saved['flow'])
+        opt.load_state_dict(saved['opt'])
+        if averaged is not None:
+            averaged.load_state_dict(saved['averaged'])
+        for kept, name in ((best_guard, 'best_guard'), (guard, 'guard')):
+            if kept is not None:
+                kept.load_state_dict(saved[name])
+        gen.set_state(saved['gen'])
+        restore_rng_states(saved['rng'])
+        best = (saved['best_score'], saved['best_state'])
+        running, rollbacks, rejected = saved['running'], saved['rollbacks'], saved['rejected']
+        lr_scale, restored = saved['lr_scale'], saved['restored']
+        start, seconds_before = saved['step'], saved['seconds']
+        tqdm.write(f'{desc}: resumed at step {start}')
+
+    def snapshot(next_step: int) -> Dict:
+        return {'step': next_step, 'flow': flow.state_dict(), 'opt': opt.state_dict(),
+                'averaged': averaged.state_dict() if averaged is not None else None,
+                'best_guard': best_guard.state_dict() if best_guard is not None else None,
+                'guard': guard.state_dict() if guard is not None else None,
+                'gen': gen.get_state(), 'rng': rng_states(),
+                'best_score': best[0], 'best_state': best[1], 'running': running,
+                'rollbacks': rollbacks, 'rejected': rejected, 'lr_scale': lr_scale,
+                'restored': restored, 'seconds': seconds_before + time.time() - tic}
+
+    bar = tqdm(range(start, args.steps), desc=desc, mininterval=5, file=sys.stdout,
+               initial=start, total=args.steps)
     for step in bar:
         for group in opt.param_groups:
             group['lr'] = lr_at(step, args) * lr_scale
@@ -300,6 +424,7 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                 lr_scale = min(1.0, lr_scale * 1.01)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            fault_point('train_step')  # crash-recovery tests kill the run here
             torch.nn.utils.clip_grad_norm_(flow.parameters(), args.clip, foreach=True)
             opt.step()
             if averaged is not None:
@@ -325,8 +450,12 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
                 rollbacks += 1
                 text += f' -> back to the best check ({best[0]:.4f})'
             tqdm.write(text)
+        if checkpoint is not None and (step + 1) % args.checkpoint_every == 0 \
+                and not last:
+            checkpoint.save_training(key, snapshot(step + 1))
     if stats is not None:
         stats['rollbacks'], stats['rejected'] = rollbacks, rejected
+        stats['seconds'] = seconds_before + time.time() - tic
     if select and best[1] is not None:
         scored.load_state_dict(best[1])
     scored.eval()
@@ -342,7 +471,8 @@ def dataset_args(name: str, args: argparse.Namespace) -> argparse.Namespace:
         key: value for key, value in defaults.items() if getattr(args, key) is None}})
 
 
-def run_dataset(name: str, args: argparse.Namespace, on_update=None) -> Dict:
+def run_dataset(name: str, args: argparse.Namespace, on_update=None,
+                checkpoint: Optional[RunCheckpoint] = None) -> Dict:
     args = dataset_args(name, args)
     cls = DENSITY_DATASETS[name]
     train = cls(args.train_size, seed=1)
@@ -366,19 +496,19 @@ def run_dataset(name: str, args: argparse.Namespace, on_update=None) -> Dict:
     for model in models:
         nlls, secs, rollbacks, rejected = [], [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            start, stats = time.time(), {}
-            flow = train_flow(model, train, args, seed, val,
-                              desc=f'{name} {model} seed {seed}', stats=stats)
-            secs.append(time.time() - start)
-            rollbacks.append(stats['rollbacks'])
-            rejected.append(stats['rejected'])
-            nlls.append(evaluate(flow, test.sets))
+            key = f'{name}/{model}/{seed}'
+            record = checkpoint.finished.get(key) if checkpoint is not None else None
+            if record is None:
+                record = train_and_score(model, seed, train, test, val, args,
+                                         f'{name} {model} seed {seed}', checkpoint, key)
+            secs.append(record['seconds'])
+            rollbacks.append(record['rollbacks'])
+            rejected.append(record['rejected'])
+            nlls.append(record['nll'])
             print(f'[{name}] {model} seed {seed}: test NLL/node {nlls[-1]:.4f} '
                   f'({secs[-1]:.0f} s)', flush=True)
-            if seed == args.first_seed:
-                gen = torch.Generator().manual_seed(7)
-                samples[model] = flow.sample(5, train.num_nodes_per_set,
-                                             generator=gen)
+            if record['samples'] is not None:
+                samples[model] = record['samples']
             result['nll'][model] = nlls
             result['seconds'][model] = secs
             result.setdefault('rollbacks', {})[model] = rollbacks
@@ -389,6 +519,28 @@ def run_dataset(name: str, args: argparse.Namespace, on_update=None) -> Dict:
             if on_update is not None:  # keep finished runs if a later one is cut
                 on_update(result)
     return result
+
+
+def train_and_score(model: str, seed: int, train: PointSetDataset,
+                    test: PointSetDataset, val: torch.Tensor, args: argparse.Namespace,
+                    desc: str, checkpoint: Optional[RunCheckpoint], key: str) -> Dict:
+    r"""Trains one flow (resuming :obj:`key` from :obj:`checkpoint` if it
+    was in progress there) and returns its record: test NLL per node,
+    seconds, rollbacks, undone updates and, for the first seed, 5 samples
+    (a fixed generator); the record is saved to :obj:`checkpoint`."""
+    stats: Dict = {}
+    flow = train_flow(model, train, args, seed, val, desc=desc, stats=stats,
+                      checkpoint=checkpoint, key=key)
+    samples = None
+    if seed == args.first_seed:
+        samples = flow.sample(5, train.num_nodes_per_set,
+                              generator=torch.Generator().manual_seed(7))
+    record = {'nll': evaluate(flow, test.sets), 'seconds': stats['seconds'],
+              'rollbacks': stats['rollbacks'], 'rejected': stats['rejected'],
+              'samples': samples}
+    if checkpoint is not None:
+        checkpoint.finish(key, record)
+    return record
 
 
 def exact_test_nll(data: PointSetDataset, sets: torch.Tensor) -> Tuple[float, float]:
@@ -492,6 +644,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
             if not args.no_plot:
                 os.makedirs(args.out, exist_ok=True)
                 plot(r, os.path.join(args.out, f"density_{r['dataset']}.png"))
+    checkpoint = None if args.combine else RunCheckpoint(args.checkpoint, args, args.resume)
     set_input_checks(False)  # inputs are generated here; skip per-call scans
     try:
         for name in names:
@@ -501,7 +654,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
                 results[i] = result
                 save_json(results, args.json)
 
-            results[-1] = run_dataset(name, args, update)
+            results[-1] = run_dataset(name, args, update, checkpoint)
             if not args.no_plot:
                 os.makedirs(args.out, exist_ok=True)
                 path = os.path.join(args.out, f'density_{name}.png')

@@ -54,7 +54,8 @@ from torch_geometric_gnf.datasets import (load_node_prop_pred_dataset,
                                           ogbn_dir_name, write_ogbn_dataset)
 from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.models.rev_gat import default_gat_conv
-from torch_geometric_gnf.utils.training import (append_jsonl, format_memory,
+from torch_geometric_gnf.utils.training import (append_jsonl, fault_point,
+                                                format_memory,
                                                 load_checkpoint, peak_memory,
                                                 ogb_example_parser,
                                                 reset_peak_memory,
@@ -147,6 +148,7 @@ def train_epoch(model: RevGAT, data: Any, split: Dict[str, Tensor],
     out = model(feat, edge_index)
     loss = loge_loss(out[pred_idx], y[pred_idx])
     loss.backward()
+    fault_point('train_step')  # crash-recovery tests kill the run here
     optimizer.step()
     return float(loss.detach())
 

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
+from torch_geometric_gnf.utils import check_real
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -71,11 +73,11 @@ class PointSetDataset(InMemoryDataset):
     def __init__(self, centers: Tensor, std: float, rotate: bool,
                  num_examples: int, seed: Optional[int] = 0,
                  shuffle_nodes: bool = True, rotation_symmetry: int = 1):
-        if not isinstance(num_examples, int) or num_examples < 0:
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) \
+                or num_examples < 0:
             raise ValueError(f"'num_examples' must be a non-negative int "
                              f"(got {num_examples!r})")
-        if std <= 0:
-            raise ValueError(f"'std' must be positive (got {std})")
+        check_real(std, 'std', 0.0, math.inf, low_open=True, high_open=True)
         centers = torch.as_tensor(centers, dtype=torch.float64)
         if centers.dim() != 2 or centers.size(-1) != 2 or centers.size(0) < 1:
             raise ValueError(f"'centers' must have shape [num_nodes, 2] "
@@ -251,6 +253,7 @@ class MixtureOfGaussians(PointSetDataset):
     """
     def __init__(self, num_examples: int = 10000, seed: Optional[int] = 0,
                  distance: float = 5.0, std: float = 1.0):
+        check_real(distance, 'distance', -math.inf, math.inf, True, True)
         super().__init__(square_centers(distance), std, False, num_examples, seed)
 
 
@@ -261,6 +264,7 @@ class MixtureOfGaussiansRing(PointSetDataset):
     :math:`5\sqrt{2}`.  Arguments as :class:`MixtureOfGaussians`."""
     def __init__(self, num_examples: int = 10000, seed: Optional[int] = 0,
                  distance: float = 5.0, std: float = 1.0):
+        check_real(distance, 'distance', -math.inf, math.inf, True, True)
         super().__init__(square_centers(distance), std, True, num_examples, seed,
                          rotation_symmetry=4)
 
@@ -279,6 +283,7 @@ class HalfMoons6(PointSetDataset):
     """
     def __init__(self, num_examples: int = 10000, seed: Optional[int] = 0,
                  noise: float = 0.05):
+        check_real(noise, 'noise', 0.0, math.inf, low_open=True, high_open=True)
         super().__init__(moons_positions(6), noise, False, num_examples, seed)
 
 

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import networkx as nx
 import numpy as np
@@ -21,17 +21,21 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.utils import to_undirected
 
+from torch_geometric_gnf.utils import check_int, check_real
+
 from .planetoid import copy_planetoid_raw
 
 PLANETOID_DIR = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'shared',
                              'data', 'planetoid')
 
 
-def _to_data(num_nodes: int, edges) -> Data:
+def _to_data(num_nodes: int, edges, where: str = 'Graph') -> Data:
     edge_index = torch.as_tensor(edges, dtype=torch.long).reshape(-1, 2).t()
     if edge_index.numel() > 0:
-        if int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes:
-            raise ValueError(f'Edge indices out of range for a graph of {num_nodes} nodes')
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(f"{where}: 'edges' has node indices out of range for "
+                             f"{num_nodes} nodes (found [{lo}, {hi}])")
         edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # no self-loops
     return Data(edge_index=to_undirected(edge_index, num_nodes=num_nodes),
                 num_nodes=num_nodes)
@@ -57,8 +61,28 @@ def read_graph_json(path: str) -> List[Data]:
     for k, g in enumerate(content['graphs']):
         if not isinstance(g, dict) or 'num_nodes' not in g or 'edges' not in g:
             raise ValueError(f"Graph {k} of {path!r} needs 'num_nodes' and 'edges'")
-        out.append(_to_data(int(g['num_nodes']), g['edges']))
+        where = f"Graph {k} of {path!r}"
+        num_nodes = g['num_nodes']
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+            raise ValueError(f"{where}: 'num_nodes' must be a non-negative integer "
+                             f"(got {num_nodes!r})")
+        out.append(_to_data(num_nodes, _edge_pairs(g['edges'], where), where))
     return out
+
+
+def _edge_pairs(edges: Any, where: str) -> List[List[int]]:
+    r"""The :obj:`edges` of a graph list entry, checked to be a list of
+    :obj:`[u, v]` integer pairs (a flat or 3-column list would otherwise be
+    silently re-paired)."""
+    if not isinstance(edges, list):
+        raise ValueError(f"{where}: 'edges' must be a list of [u, v] pairs "
+                         f"(got {type(edges).__name__})")
+    for i, edge in enumerate(edges):
+        if not (isinstance(edge, list) and len(edge) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in edge)):
+            raise ValueError(f"{where}: 'edges' must be a list of [u, v] pairs of "
+                             f"node indices (edge {i} is {edge!r})")
+    return edges
 
 
 def community_small_graphs(seed: int = 0, sizes=range(6, 11), per_size: int = 20,
@@ -72,6 +96,10 @@ def community_small_graphs(seed: int = 0, sizes=range(6, 11), per_size: int = 20
     kept: 100 graphs of 12-20 nodes, ordered by :math:`k`.  Node
     :obj:`community` (0 or 1) tells the clique of origin.  Seeded by
     :obj:`seed` (a :class:`numpy.random.Generator`)."""
+    sizes = [check_int(k, 'sizes', minimum=1) for k in sizes]
+    check_int(per_size, 'per_size', minimum=1)
+    check_real(p_edge, 'p_edge', 0.0, 1.0)
+    check_real(p_inter, 'p_inter', 0.0, 1.0)
     rng = np.random.default_rng(seed)
     out = []
     for k in sizes:
@@ -116,6 +144,9 @@ def ego_small_graphs(seed: int = 0, planetoid_dir: str = PLANETOID_DIR,
     :class:`torch_geometric.datasets.Planetoid`) with
     :obj:`min_nodes`-:obj:`max_nodes` nodes, shuffled (seeded), first
     :obj:`num_graphs`.  Node :obj:`center` (a bool mask) marks the ego."""
+    check_int(min_nodes, 'min_nodes', minimum=1)
+    check_int(max_nodes, 'max_nodes', minimum=min_nodes)
+    check_int(num_graphs, 'num_graphs', minimum=1)
     graph = _load_citeseer_graph(planetoid_dir)
     graph = graph.subgraph(max(nx.connected_components(graph), key=len))
     egos = []

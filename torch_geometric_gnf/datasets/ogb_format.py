@@ -27,12 +27,15 @@ stay inside a community, and features and labels depend on it, so a model
 can learn something on them (they are smoke-test data, not benchmarks).
 """
 import gzip
+import math
 import os
 import os.path as osp
 import shutil
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+
+from torch_geometric_gnf.utils import check_real
 
 # Per data set: what ogb's master.csv says about the on-disk format.
 OGBN_FORMATS: Dict[str, Dict] = {
@@ -152,8 +155,8 @@ def write_ogbn_dataset(root: str, name: str, num_nodes: int = 300,
                 raise ValueError(f"'{key}' must be a positive int (>= 2 for "
                                  f"classes), got {value!r}")
             fmt[key] = value
-    if not 0.0 <= homophily <= 1.0:
-        raise ValueError(f"'homophily' must be in [0, 1] (got {homophily})")
+    check_real(homophily, 'homophily', 0.0, 1.0)
+    check_real(feature_noise, 'feature_noise', 0.0, math.inf, high_open=True)
 
     folder = osp.join(root, ogbn_dir_name(name))
     if osp.exists(folder) or osp.exists(folder + '_pyg'):

@@ -1,8 +1,11 @@
+import math
 from typing import Optional
 
 import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, to_undirected
+
+from torch_geometric_gnf.utils import check_int, check_real
 
 
 def community_node_classification(num_nodes: int = 2000, num_classes: int = 5,
@@ -29,8 +32,21 @@ def community_node_classification(num_nodes: int = 2000, num_classes: int = 5,
         (undirected, coalesced, no self-loops), :obj:`y`,
         :obj:`train_mask`, :obj:`val_mask`, :obj:`test_mask`.
     """
+    num_nodes = check_int(num_nodes, 'num_nodes', minimum=1)
+    num_classes = check_int(num_classes, 'num_classes', minimum=1)
+    num_features = check_int(num_features, 'num_features', minimum=1)
+    train_per_class = check_int(train_per_class, 'train_per_class', minimum=0)
+    num_val = check_int(num_val, 'num_val', minimum=0)
+    avg_degree = check_real(avg_degree, 'avg_degree', 0.0, math.inf, high_open=True)
+    homophily = check_real(homophily, 'homophily', 0.0, 1.0)
+    feature_noise = check_real(feature_noise, 'feature_noise', 0.0, math.inf,
+                               high_open=True)
+    if seed is not None:
+        seed = check_int(seed, 'seed', minimum=0)
     if num_nodes < num_classes * train_per_class + num_val + 1:
-        raise ValueError(f"'num_nodes'={num_nodes} is too small for the splits")
+        raise ValueError(f"'num_nodes'={num_nodes} is too small for the splits "
+                         f"(needs more than num_classes * train_per_class + "
+                         f"num_val = {num_classes * train_per_class + num_val})")
     gen = torch.Generator().manual_seed(seed if seed is not None else
                                         torch.seed() % 2**31)
     y = torch.randint(0, num_classes, (num_nodes,), generator=gen)

@@ -7,7 +7,8 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
-from torch_geometric_gnf.utils import check_batch, check_edge_index, infer_num_graphs
+from torch_geometric_gnf.utils import (check_batch, check_edge_index, graph_order,
+                                       infer_num_graphs, relabel_edges, restore_order)
 
 from ._dense_attention import DenseAttentionBlock, DenseLayout, layout_of_mask
 
@@ -146,7 +147,21 @@ class GraphAutoEncoder(torch.nn.Module):
     # ----------------------------------------------------------------- input
     def _dense(self, edge_index: Tensor, batch: Optional[Tensor],
                num_nodes: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
-        r"""Returns (graph id per node, node mask [B, n], adjacency [B, n, n])."""
+        r"""Returns (graph id per node, node mask [B, n], adjacency [B, n, n])
+        of a batch whose nodes are grouped by graph (see :meth:`_graphs`)."""
+        return self._graphs(edge_index, batch, num_nodes)[:3]
+
+    def _graphs(self, edge_index: Tensor, batch: Optional[Tensor],
+                num_nodes: Optional[int]
+                ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        r"""Returns (graph id per node, node mask [B, n], adjacency [B, n, n],
+        node order).  The padded layout needs each graph's nodes together:
+        with an unsorted :obj:`batch` the nodes are grouped by graph
+        (stably, :func:`~torch_geometric_gnf.utils.graph_order`), the
+        returned graph ids and layout are those of the grouped nodes, and
+        the order maps node-level results back
+        (:func:`~torch_geometric_gnf.utils.restore_order`); :obj:`None` if
+        :obj:`batch` was sorted."""
         if not isinstance(edge_index, Tensor):
             raise TypeError(f"'edge_index' must be a tensor (got "
                             f"{type(edge_index).__name__})")
@@ -158,6 +173,9 @@ class GraphAutoEncoder(torch.nn.Module):
             raise ValueError('Cannot encode an empty batch of graphs')
         check_edge_index(edge_index, batch.numel(), edge_index.device)
         check_batch(batch, batch.numel(), edge_index.device)
+        order = graph_order(batch)
+        if order is not None:
+            batch, edge_index = batch[order], relabel_edges(edge_index, order)
         num_graphs = infer_num_graphs(batch, None)
         _, mask = to_dense_batch(batch.new_zeros(batch.numel(), 1), batch,
                                  batch_size=num_graphs)
@@ -166,7 +184,7 @@ class GraphAutoEncoder(torch.nn.Module):
         if (adj & ~(adj.transpose(1, 2))).any():
             raise ValueError("'edge_index' must be undirected (every edge in "
                              "both directions)")
-        return batch, mask, adj
+        return batch, mask, adj, order
 
     @staticmethod
     def _unpack(data) -> Tuple[Tensor, Optional[Tensor], Optional[int]]:
@@ -179,9 +197,11 @@ class GraphAutoEncoder(torch.nn.Module):
                num_nodes: Optional[int] = None,
                generator: Optional[torch.Generator] = None) -> Tensor:
         r"""Node embeddings :obj:`[num_nodes, embedding_channels]` of an
-        undirected graph batch, from fresh Gaussian input features."""
-        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
-        return self._encode_nodes(mask, adj, generator)[0]
+        undirected graph batch, from fresh Gaussian input features
+        (:obj:`batch` need not be sorted; each graph's nodes are drawn in
+        the order they appear)."""
+        _, mask, adj, order = self._graphs(edge_index, batch, num_nodes)
+        return restore_order(self._encode_nodes(mask, adj, generator)[0], order)
 
     def _encoder_input(self, mask: Tensor, adj: Tensor,
                        generator: Optional[torch.Generator] = None
@@ -240,12 +260,25 @@ class GraphAutoEncoder(torch.nn.Module):
                       ) -> Tuple[Tensor, Tensor]:
         r"""Padded edge logits :obj:`[B, n, n]` and node mask :obj:`[B, n]`
         of node embeddings :obj:`z` :obj:`[N, d]` (graph id per node in
-        :obj:`batch`)."""
-        if z.dim() != 2 or z.size(-1) != self.embedding_channels:
-            raise ValueError(f"Expected embeddings of shape [num_nodes, "
-                             f"{self.embedding_channels}] (got {tuple(z.shape)})")
-        zd, mask = to_dense_batch(z, batch)
+        :obj:`batch`, in any order: each graph's padded rows list its nodes
+        in the order they appear in :obj:`z`)."""
+        zd, mask = to_dense_batch(*self._grouped_embeddings(z, batch))
         return pair_logits(zd, self.temperature), mask
+
+    def _grouped_embeddings(self, z: Tensor, batch: Optional[Tensor]
+                            ) -> Tuple[Tensor, Optional[Tensor]]:
+        r"""Checked embeddings and graph ids with each graph's nodes
+        together (in the order they appear in :obj:`z`)."""
+        if not isinstance(z, Tensor) or z.dim() != 2 or \
+                z.size(-1) != self.embedding_channels:
+            raise ValueError(f"Expected embeddings of shape [num_nodes, "
+                             f"{self.embedding_channels}] (got "
+                             f"{tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__})")
+        check_batch(batch, z.size(0), z.device)
+        order = graph_order(batch)
+        if order is not None:
+            z, batch = z[order], batch[order]
+        return z, batch
 
     def decode(self, z: Tensor, batch: Optional[Tensor] = None
                ) -> Tuple[Tensor, Tensor]:
@@ -259,6 +292,9 @@ class GraphAutoEncoder(torch.nn.Module):
         r"""Decodes embeddings into a :class:`~torch_geometric.data.Batch` of
         undirected graphs without self-loops: edge :math:`(i, j)` exists iff
         :math:`\hat{A}_{ij} > \mathrm{threshold}`."""
+        if not 0 < threshold < 1:  # also refuses NaN
+            raise ValueError(f"'threshold' must be in (0, 1) (got {threshold})")
+        z, batch = self._grouped_embeddings(z, batch)
         logits, mask = self.decode_logits(z, batch)
         thr = math.log(threshold / (1 - threshold))  # threshold on logits
         adj = (logits > thr) & pair_mask(mask)
@@ -277,13 +313,23 @@ class GraphAutoEncoder(torch.nn.Module):
         of all graphs in :obj:`data` and the number of nodes (divide for
         Table 3's BCE per node).  Encodes :obj:`data` unless :obj:`z` given."""
         edge_index, batch, num_nodes = self._unpack(data)
-        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
+        batch, mask, adj, order = self._graphs(edge_index, batch, num_nodes)
         if z is None:
             h, layout = self._encoder_input(mask, adj)
             bce = self._encoded_pair_bce(h, layout, adj)
         else:
-            bce = self._pair_bce(to_dense_batch(z, batch)[0], mask, adj)
+            bce = self._pair_bce(self._dense_embeddings(z, batch, order), mask, adj)
         return bce, int(mask.sum())
+
+    def _dense_embeddings(self, z: Tensor, batch: Tensor,
+                          order: Optional[Tensor]) -> Tensor:
+        r"""Node embeddings :obj:`z` (in the caller's node order) padded to
+        :obj:`[B, n, d]` in the layout of :meth:`_graphs`."""
+        if not isinstance(z, Tensor) or z.dim() != 2 or z.size(0) != batch.numel():
+            raise ValueError(f"'z' must have shape [num_nodes={batch.numel()}, "
+                             f"embedding_channels] (got "
+                             f"{tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__})")
+        return to_dense_batch(z if order is None else z[order], batch)[0]
 
     def _pair_bce(self, zd: Tensor, mask: Tensor, adj: Tensor) -> Tensor:
         r"""Summed BCE of padded embeddings :obj:`[B, n, d]` (with embedding
@@ -322,8 +368,9 @@ class GraphAutoEncoder(torch.nn.Module):
         (:math:`\hat{A}_{ij} > 0.5`) differs from the adjacency, summed over
         the graphs of :obj:`data` (Table 3)."""
         edge_index, batch, num_nodes = self._unpack(data)
-        batch, mask, adj = self._dense(edge_index, batch, num_nodes)
-        zd = self._encode_dense(mask, adj) if z is None else to_dense_batch(z, batch)[0]
+        batch, mask, adj, order = self._graphs(edge_index, batch, num_nodes)
+        zd = self._encode_dense(mask, adj) if z is None else \
+            self._dense_embeddings(z, batch, order)
         pred = pair_logits(zd, self.temperature) > 0
         return int(((pred != adj) & pair_mask(mask)).sum())
 

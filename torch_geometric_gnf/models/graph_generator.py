@@ -1,4 +1,5 @@
-from typing import Optional, Sequence, Union
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -6,7 +7,8 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
-from torch_geometric_gnf.utils import check_batch, infer_num_graphs
+from torch_geometric_gnf.utils import (check_batch, check_counts, graph_order,
+                                       infer_num_graphs, restore_order)
 
 from ._dense_attention import DenseAttentionCoupling, dense_layout
 from .graph_auto_encoder import GraphAutoEncoder
@@ -77,10 +79,7 @@ class GraphGenerator(torch.nn.Module):
         if channels % 2 != 0:
             raise ValueError(f"The auto-encoder's embedding size must be even to "
                              f"split it in two halves (got {channels})")
-        counts = torch.as_tensor(node_counts, dtype=torch.long).reshape(-1)
-        if counts.numel() == 0 or (counts < 1).any():
-            raise ValueError("'node_counts' must be a non-empty list of positive "
-                             "node counts")
+        counts = check_counts(node_counts, 'node_counts', minimum=1)
         if center_std is not None and center_std < 0:
             raise ValueError(f"'center_std' must be non-negative (got {center_std})")
         self.auto_encoder = auto_encoder
@@ -130,35 +129,43 @@ class GraphGenerator(torch.nn.Module):
             x = x + (offset - mean)[batch]
         return self.auto_encoder.add_embedding_noise(x)
 
-    def log_prob(self, x: Tensor, batch: Optional[Tensor] = None,
-                 num_graphs: Optional[int] = None) -> Tensor:
-        r"""Exact log-density (nats) of the node embeddings of each graph,
-        shape :obj:`[num_graphs]`; invariant to node order within a graph."""
+    def _run_flow(self, method: Callable, x: Tensor, batch: Optional[Tensor],
+                  num_graphs: Optional[int] = None) -> Tuple[Any, Optional[Tensor]]:
+        r"""Calls the flow's :obj:`method` on the nodes grouped by graph (the
+        dense attention pads each graph's nodes consecutively), so that
+        :obj:`batch` may come in any order; returns the result and the node
+        order it was computed in (:func:`graph_order`)."""
         if batch is None:
             batch = x.new_zeros(x.size(0), dtype=torch.long)
         check_batch(batch, x.size(0), x.device)
         num_graphs = infer_num_graphs(batch, num_graphs)
-        return self.flow.log_prob(x, self._no_edges(x), batch, num_graphs,
-                                  layout=dense_layout(batch))
+        order = graph_order(batch)
+        if order is not None:
+            x, batch = x[order], batch[order]
+        out = method(x, self._no_edges(x), batch, num_graphs, layout=dense_layout(batch))
+        return out, order
+
+    def log_prob(self, x: Tensor, batch: Optional[Tensor] = None,
+                 num_graphs: Optional[int] = None) -> Tensor:
+        r"""Exact log-density (nats) of the node embeddings of each graph,
+        shape :obj:`[num_graphs]`; invariant to node order within a graph
+        (:obj:`batch` need not be sorted)."""
+        return self._run_flow(self.flow.log_prob, x, batch, num_graphs)[0]
 
     def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Maps embeddings to latents :math:`\mathbf{Z} = f(\mathbf{X})`."""
-        if batch is None:
-            batch = x.new_zeros(x.size(0), dtype=torch.long)
-        return self.flow(x, self._no_edges(x), batch, infer_num_graphs(batch, None),
-                         layout=dense_layout(batch))[0]
+        (z, _), order = self._run_flow(self.flow, x, batch)
+        return restore_order(z, order)
 
     def inverse(self, z: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Maps latents to embeddings :math:`\mathbf{X} = f^{-1}(\mathbf{Z})`."""
-        if batch is None:
-            batch = z.new_zeros(z.size(0), dtype=torch.long)
-        return self.flow.inverse(z, self._no_edges(z), batch,
-                                 infer_num_graphs(batch, None), layout=dense_layout(batch))
+        x, order = self._run_flow(self.flow.inverse, z, batch)
+        return restore_order(x, order)
 
     def sample_num_nodes(self, num_graphs: int,
                          generator: Optional[torch.Generator] = None) -> Tensor:
         r"""Draws :obj:`num_graphs` node counts from the training prior."""
-        if not isinstance(num_graphs, int) or num_graphs < 1:
+        if isinstance(num_graphs, bool) or not isinstance(num_graphs, int) or num_graphs < 1:
             raise ValueError(f"'num_graphs' must be a positive int (got {num_graphs!r})")
         probs = self.node_count_probs.cpu()
         return torch.multinomial(probs, num_graphs, replacement=True,
@@ -191,11 +198,9 @@ class GraphGenerator(torch.nn.Module):
         if num_nodes is None:
             counts = self.sample_num_nodes(num_graphs, generator)
         else:
-            counts = torch.as_tensor(num_nodes, dtype=torch.long).reshape(-1)
-            if counts.numel() == 0 or (counts < 1).any():
-                raise ValueError(f"'num_nodes' must be positive counts (got {num_nodes})")
-        if temperature <= 0:
-            raise ValueError(f"'temperature' must be positive (got {temperature})")
+            counts = check_counts(num_nodes, 'num_nodes', minimum=1)
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"'temperature' must be positive and finite (got {temperature})")
         device = self.node_count_probs.device
         dtype = self.auto_encoder.lin_out.weight.dtype
         batch = torch.repeat_interleave(torch.arange(counts.numel()), counts).to(device)

@@ -2,14 +2,17 @@ r"""Flows over sets of points for structured density estimation (paper
 section 5.1): a graph normalizing flow whose couplings pass self-attention
 messages over the fully connected graph of each set, and the RealNVP
 baseline, the same flow with the message passing removed."""
-from typing import Any, Callable, List, Optional, Tuple
+import math
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from torch_geometric_gnf.nn import (DenseSelfAttention, GraphAffineCoupling,
                                     GraphNormalizingFlow, InvertibleLinear)
-from torch_geometric_gnf.utils import nodes_per_graph
+from torch_geometric_gnf.utils import (check_batch, graph_order, infer_num_graphs,
+                                       nodes_per_graph, restore_order)
 
 MIXINGS = ('permutation', 'linear')
 
@@ -213,7 +216,12 @@ class SetFlow(torch.nn.Module):
                 step.reset_parameters()
 
     # ------------------------------------------------------------------ api
-    def _flat(self, x: Tensor, batch: Optional[Tensor]):
+    def _flat(self, x: Tensor, batch: Optional[Tensor]
+              ) -> Tuple[Tensor, Tensor, int, Dict[str, Any], Optional[Tensor]]:
+        r"""Node-level features, graph ids, number of sets, the coupling
+        networks' keyword arguments and the node order the features were
+        put in (:func:`~torch_geometric_gnf.utils.graph_order`: node-level
+        input in any set order is grouped by set; :obj:`None` if unchanged)."""
         if x.dim() == 3:
             if batch is not None:
                 raise ValueError("'batch' is only for node-level [num_nodes, C] input")
@@ -222,30 +230,36 @@ class SetFlow(torch.nn.Module):
                 raise ValueError(f"Expected sets of shape [B, n, {self.channels}] "
                                  f"(got {tuple(x.shape)})")
             flat_batch = torch.arange(B, device=x.device).repeat_interleave(n)
-            return x.reshape(B * n, C), flat_batch, B, {'set_size': max(n, 1)}
+            return x.reshape(B * n, C), flat_batch, B, {'set_size': max(n, 1)}, None
         if x.dim() == 2:
             if batch is None:
                 batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
-            num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
-            return x, batch, num_graphs, {'node_batch': batch}
+            check_batch(batch, x.size(0), x.device)
+            num_graphs = infer_num_graphs(batch)
+            # The attention pads each set's nodes consecutively: group them.
+            order = graph_order(batch)
+            if order is not None:
+                x, batch = x[order], batch[order]
+            return x, batch, num_graphs, {'node_batch': batch}, order
         raise ValueError(f"'x' must be [B, n, C] or [num_nodes, C] (got "
                          f"{tuple(x.shape)})")
 
     def forward(self, x: Tensor, batch: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         r"""Maps data to latents (same shape) and returns the log-determinant
         per set."""
-        flat, flat_batch, num_graphs, kw = self._flat(x, batch)
+        flat, flat_batch, num_graphs, kw, order = self._flat(x, batch)
         z, log_det = self.flow(flat, None, flat_batch, num_graphs, **kw)
-        return z.view_as(x), log_det
+        return restore_order(z, order).view_as(x), log_det
 
     def inverse(self, z: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Maps latents to data."""
-        flat, flat_batch, num_graphs, kw = self._flat(z, batch)
-        return self.flow.inverse(flat, None, flat_batch, num_graphs, **kw).view_as(z)
+        flat, flat_batch, num_graphs, kw, order = self._flat(z, batch)
+        x = self.flow.inverse(flat, None, flat_batch, num_graphs, **kw)
+        return restore_order(x, order).view_as(z)
 
     def log_prob(self, x: Tensor, batch: Optional[Tensor] = None) -> Tensor:
         r"""Log-density of each set in nats, shape :obj:`[num_sets]`."""
-        flat, flat_batch, num_graphs, kw = self._flat(x, batch)
+        flat, flat_batch, num_graphs, kw, _ = self._flat(x, batch)
         return self.flow.log_prob(flat, None, flat_batch, num_graphs, **kw)
 
     def nll_per_node(self, x: Tensor) -> Tensor:
@@ -256,6 +270,12 @@ class SetFlow(torch.nn.Module):
     def sample(self, num_sets: int, set_size: int, temperature: float = 1.0,
                generator: Optional[torch.Generator] = None) -> Tensor:
         r"""Draws :obj:`[num_sets, set_size, channels]` sets."""
+        for name, value in (('num_sets', num_sets), ('set_size', set_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                    or value < 1:
+                raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"'temperature' must be positive and finite (got {temperature})")
         param = next(self.parameters())
         z = torch.randn(num_sets, set_size, self.channels, generator=generator,
                         dtype=param.dtype).to(param.device) * temperature

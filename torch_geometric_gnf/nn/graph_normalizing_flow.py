@@ -6,8 +6,9 @@ from torch import Tensor
 from torch_geometric.nn.inits import reset
 from torch_geometric.utils import scatter
 
-from torch_geometric_gnf.utils import (check_batch, check_node_features,
-                                       fully_connected_edge_index, infer_num_graphs)
+from torch_geometric_gnf.utils import (check_batch, check_counts, check_node_features,
+                                       fully_connected_edge_index,
+                                       infer_num_graphs)
 
 PERMUTATIONS = ('reverse', 'random', None)
 
@@ -152,9 +153,9 @@ class GraphNormalizingFlow(torch.nn.Module):
         param = next(self.parameters(), None)
         device = ref.device
         dtype = param.dtype if param is not None else torch.get_default_dtype()
-        counts = torch.as_tensor(num_nodes, dtype=torch.long).reshape(-1)
-        if (counts < 0).any():
-            raise ValueError(f"'num_nodes' must be non-negative (got {num_nodes})")
+        counts = check_counts(num_nodes, 'num_nodes', minimum=0)
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"'temperature' must be positive and finite (got {temperature})")
         total = int(counts.sum())
         num_graphs = None  # inferred from a user's batch
         if batch is None:

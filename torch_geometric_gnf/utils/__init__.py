@@ -1,7 +1,9 @@
 """Small helpers shared by layers and models: input checks and graph builders."""
-from .checks import (check_batch, check_edge_index, check_node_features,
-                     input_checks_enabled, set_input_checks)
-from .graph import fully_connected_edge_index, infer_num_graphs, nodes_per_graph
+from .checks import (check_batch, check_counts, check_edge_index, check_int,
+                     check_node_features, check_real, input_checks_enabled,
+                     set_input_checks)
+from .graph import (fully_connected_edge_index, graph_order, infer_num_graphs,
+                    nodes_per_graph, relabel_edges, restore_order)
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
 from .training import (load_checkpoint, peak_memory, reset_peak_memory,
@@ -9,13 +11,19 @@ from .training import (load_checkpoint, peak_memory, reset_peak_memory,
 
 __all__ = [
     'check_batch',
+    'check_counts',
     'check_edge_index',
+    'check_int',
     'check_node_features',
+    'check_real',
     'input_checks_enabled',
     'set_input_checks',
     'fully_connected_edge_index',
+    'graph_order',
     'infer_num_graphs',
     'nodes_per_graph',
+    'relabel_edges',
+    'restore_order',
     'memory_baseline',
     'run_in_fresh_process',
     'step_memory_bytes',

@@ -12,6 +12,9 @@ check.  Check the inputs once before the compiled region instead (e.g.
 :class:`~torch_geometric_gnf.nn.GraphNormalizingFlow` checks its node
 features and batch vector before calling compiled couplings).
 """
+import math
+import numbers
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import torch
@@ -120,3 +123,61 @@ def check_batch(batch: Optional[Tensor], num_nodes: int,
                          f"(got shape {tuple(batch.shape)})")
     if input_checks_enabled() and batch.numel() > 0 and int(batch.min()) < 0:
         raise ValueError("'batch' contains negative graph indices")
+
+
+def check_counts(value: Any, name: str, minimum: int = 0) -> Tensor:
+    r"""Checks node (or graph) counts given as an int, a sequence of ints or
+    an integer tensor and returns them as a :obj:`torch.long` tensor of
+    shape :obj:`[num_counts]`.  Non-integer values (e.g. :obj:`2.7`, which
+    a cast would silently truncate), booleans, values below
+    :obj:`minimum` and an empty list are refused with an error naming
+    :obj:`name`."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"'{name}' must hold integer counts (got a "
+                            f"{value.dtype} tensor)")
+        counts = value.detach().reshape(-1).to('cpu', torch.long)
+    else:
+        items = list(value) if isinstance(value, Iterable) and \
+            not isinstance(value, (str, bytes)) else [value]
+        bad = [v for v in items
+               if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if bad:
+            raise TypeError(f"'{name}' must be an int or a sequence of ints "
+                            f"(got {value!r}; {bad[0]!r} is not an integer)")
+        counts = torch.tensor([int(v) for v in items], dtype=torch.long)
+    if counts.numel() == 0:
+        raise ValueError(f"'{name}' must not be empty")
+    if bool((counts < minimum).any()):
+        kind = {0: 'non-negative integers', 1: 'positive integers'}.get(
+            minimum, f'integers >= {minimum}')
+        raise ValueError(f"'{name}' must be {kind} (got {counts.min().item()})")
+    return counts
+
+
+def check_int(value: Any, name: str, minimum: Optional[int] = None) -> int:
+    r"""Checks that :obj:`value` is an integer (not a bool, not a float that
+    a cast would truncate), at least :obj:`minimum` if given, and returns
+    it as an :obj:`int`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"'{name}' must be an int (got {value!r})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"'{name}' must be >= {minimum} (got {value})")
+    return int(value)
+
+
+def check_real(value: Any, name: str, low: float = -math.inf, high: float = math.inf,
+               low_open: bool = False, high_open: bool = False) -> float:
+    r"""Checks that :obj:`value` is a real number (not NaN) in the interval
+    from :obj:`low` to :obj:`high` (ends excluded where :obj:`low_open` /
+    :obj:`high_open`) and returns it as a :obj:`float`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"'{name}' must be a number (got {value!r})")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):  # also refuses NaN
+        interval = (f"{'(' if low_open else '['}{low:g}, {high:g}"
+                    f"{')' if high_open else ']'}")
+        raise ValueError(f"'{name}' must be in {interval} (got {value})")
+    return value

@@ -59,3 +59,32 @@ def fully_connected_edge_index(batch: Tensor, num_graphs: Optional[int] = None,
         keep = src != dst
         src, dst = src[keep], dst[keep]
     return torch.stack([src, dst], dim=0)
+
+
+def graph_order(batch: Optional[Tensor]) -> Optional[Tensor]:
+    r"""The stable permutation that groups the nodes of :obj:`batch` by
+    graph (the nodes of one graph keep their relative order), or
+    :obj:`None` when :obj:`batch` is already sorted.
+
+    Dense layouts (:func:`torch_geometric.utils.to_dense_batch`) need the
+    nodes of each graph to be consecutive: a model that pads graphs takes
+    :obj:`x[order]`, :obj:`batch[order]` and maps node-level results back
+    with :func:`restore_order`, so that any order gives the per-graph
+    results."""
+    if batch is None or batch.numel() < 2:
+        return None
+    if not bool((batch[1:] < batch[:-1]).any()):
+        return None
+    return torch.argsort(batch, stable=True)
+
+
+def restore_order(h: Tensor, order: Optional[Tensor]) -> Tensor:
+    r"""Node-level :obj:`h` computed on the nodes :obj:`x[order]` (see
+    :func:`graph_order`) back in the order of :obj:`x`."""
+    return h if order is None else h[torch.argsort(order)]
+
+
+def relabel_edges(edge_index: Tensor, order: Optional[Tensor]) -> Tensor:
+    r""":obj:`edge_index` of a graph whose nodes were reordered to
+    :obj:`x[order]` (see :func:`graph_order`), in the new node ids."""
+    return edge_index if order is None else torch.argsort(order)[edge_index]
