@@ -429,3 +429,49 @@ def test_select_best_scores_the_best_validation_check(capsys):
         seen[select] = scores
     assert seen['best'] == seen['last']  # same run; only the returned state differs
     assert min(seen['best']) < seen['best'][-1] - 1e-3  # the best is not the last
+
+
+@pytest.mark.parametrize('flags', [
+    ['--ema', '0.9', '--select', 'best'],
+    ['--rollback', '0.001', '--anneal-noise', '0.5'],
+    ['--reject', '0.001'],
+])
+def test_training_resumed_from_its_checkpoint_equals_the_uninterrupted_one(flags, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the example runs (--threads 1)
+    try:
+        _check_resume_equals_uninterrupted(flags, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_resume_equals_uninterrupted(flags, tmp_path):
+    # The state saved at step 4 of 8 (weights, Adam, weight average, best
+    # check, guards, batch generator) continues to the same final weights.
+    example = _load_example()
+    args = _tiny_args(example, '--steps', '8', '--eval-every', '2',
+                      '--checkpoint-every', '4', *flags)
+    train = example.DENSITY_DATASETS['moons6'](256, seed=1)
+    path = str(tmp_path / 'run.pt')
+    stats = {}
+    straight = example.train_flow('realnvp', train, args, seed=0, val=train.sets[:16],
+                                  stats=stats,
+                                  checkpoint=example.RunCheckpoint(path, args, False),
+                                  key='k')
+    saved = example.RunCheckpoint(path, args, True)
+    assert saved.training('k')['step'] == 4 and saved.training('other') is None
+    resumed_stats = {}
+    resumed = example.train_flow('realnvp', train, args, seed=0, val=train.sets[:16],
+                                 stats=resumed_stats, checkpoint=saved, key='k')
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert (resumed_stats['rollbacks'], resumed_stats['rejected']) == \
+        (stats['rollbacks'], stats['rejected'])
+    # A checkpoint is resumed only with --resume, and only by the same run.
+    with pytest.raises(FileExistsError, match='--resume'):
+        example.RunCheckpoint(path, args, False)
+    other = _tiny_args(example, '--steps', '9', *flags)
+    with pytest.raises(ValueError, match='other arguments'):
+        example.RunCheckpoint(path, other, True)
+    with pytest.raises(FileNotFoundError, match='--resume'):
+        example.RunCheckpoint(str(tmp_path / 'none.pt'), args, True)
