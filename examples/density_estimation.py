@@ -145,7 +145,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--checkpoint', default=None, metavar='PATH',
                    help='write the run\'s state here every --checkpoint-every '
                         'steps and after every training (atomically)')
-    p.add_argument('--checkpoint-every', type=int, default=100, metavar='STEPS')
+    p.add_argument('--checkpoint-every', type=int, default=100, metavar='STEPS',
+                   help='steps between two checkpoints (default: 100)')
     p.add_argument('--resume', action='store_true',
                    help='continue the run saved in --checkpoint (same '
                         'arguments); without it an existing checkpoint is '
