@@ -155,7 +155,7 @@ def _validate(x: Tensor, alpha_src: Tensor, alpha_dst: Tensor,
             (csr.src_row is not None and csr.src_row.numel() != E)):
         raise ValueError(f"{fn}: inconsistent CSRGraph sizes (use "
                          f"build_csr to construct it)")
-    if not math.isfinite(negative_slope):
+    if not is_traced(x) and not math.isfinite(negative_slope):
         raise ValueError(f"{fn}: 'negative_slope' must be finite, got "
                          f"{negative_slope}")
     if not 0.0 <= dropout <= 1.0:
