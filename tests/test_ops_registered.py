@@ -194,15 +194,18 @@ def test_gat_attention_gradgradcheck(path, dropout, monkeypatch):
 
 
 @needs_ext
-def test_gradient_penalty_matches_reference_path():
+@pytest.mark.parametrize('shared', [False, True])
+def test_gradient_penalty_matches_reference_path(shared):
     # A gradient penalty through the fused op (create_graph=True) gives the
     # reference path's values (it returned wrong values and None before).
+    # shared: one tensor as alpha_src and alpha_dst, a nonlinear loss.
     (x, a_s, a_d, a_e), csr = gat_inputs(requires_grad=True)
-    w = torch.randn(9, 2, 3, dtype=torch.float64)
+    if shared:
+        a_d = a_s
     results = []
     for fn in (fused_gat_attention, fused_gat_attention_reference):
         out = fn(x, a_s, a_d, csr, a_e)
-        grads = torch.autograd.grad((out * w).sum(), (x, a_s, a_d, a_e),
+        grads = torch.autograd.grad(out.pow(2).sum(), (x, a_s, a_d, a_e),
                                     create_graph=True)
         penalty = sum(g.pow(2).sum() for g in grads)
         results.append(torch.autograd.grad(penalty, (x, a_s, a_d, a_e)))

@@ -101,7 +101,6 @@ class ReversibleFunction(torch.autograd.Function):
         return y, log_det
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y: Optional[Tensor],
                  grad_log_det: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         if torch.is_grad_enabled():  # create_graph=True: a graph of backward
@@ -111,6 +110,14 @@ class ReversibleFunction(torch.autograd.Function):
                 "create_graph=True, e.g. a gradient penalty): its backward "
                 "recomputes the step instead of recording it. Use "
                 "memory_saving=False for such a loss.")
+        return ReversibleFunction._recompute_backward(ctx, grad_y,
+                                                      grad_log_det)
+
+    @staticmethod
+    @once_differentiable
+    def _recompute_backward(ctx, grad_y: Optional[Tensor],
+                            grad_log_det: Optional[Tensor]
+                            ) -> Tuple[Optional[Tensor], ...]:
         y = ctx.output
         if y is None:
             raise RuntimeError(

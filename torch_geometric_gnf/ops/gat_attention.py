@@ -271,7 +271,9 @@ def _differentiable_backward(grad_out: Tensor, x: Tensor, alpha_src: Tensor,
     penalty): autograd through the reference path on the same inputs, so
     second-order gradients are exact (it materialises ``[E, H, C]``, only in
     this case)."""
-    inputs = [t if t.requires_grad else t.detach().requires_grad_()
+    # One alias per argument: the same tensor passed twice (e.g. as
+    # alpha_src and alpha_dst) must get each argument's share, not the sum.
+    inputs = [t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
               for t in (x, alpha_src, alpha_dst, alpha_edge) if t is not None]
     with torch.enable_grad():
         out = _reference(*inputs[:3], csr,
