@@ -7,22 +7,15 @@ import pytest
 import torch
 import torch._dynamo
 
-from tests.conftest import random_graph
+from conftest import random_graph, stored_reversible_outputs
 from torch_geometric_gnf.nn import (FusedGATConv, GraphAffineCoupling,
                                     GraphNormalizingFlow,
                                     ReversibleMessagePassing)
-from torch_geometric_gnf.ops import extension_available
 
 
-@pytest.fixture(params=['extension', 'reference'])
-def path(request, monkeypatch):
-    if request.param == 'extension':
-        if not extension_available():
-            pytest.skip('C++ extension unavailable')
-    else:
-        monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
     torch._dynamo.reset()
-    return request.param
 
 
 def make_conv(edge_dim=None):
@@ -30,7 +23,7 @@ def make_conv(edge_dim=None):
     return FusedGATConv(6, 4, heads=2, edge_dim=edge_dim).double()
 
 
-def graph(num_nodes, num_edges, seed=0):
+def features_and_graph(num_nodes, num_edges, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(num_nodes, 6, generator=gen, dtype=torch.float64)
     ea = torch.randn(num_edges + 7, 3, generator=gen, dtype=torch.float64)
@@ -47,7 +40,7 @@ def forward_and_grads(model, x, ei, ea):
 
 def test_compile_fullgraph_forward_and_backward(path):
     conv = make_conv(edge_dim=3)
-    x, ei, ea = graph(12, 40)
+    x, ei, ea = features_and_graph(12, 40)
     compiled = torch.compile(conv, fullgraph=True, backend='aot_eager')
     for a, b in zip(forward_and_grads(conv, x, ei, ea),
                     forward_and_grads(compiled, x, ei, ea)):
@@ -58,20 +51,20 @@ def test_compile_dynamic_does_not_recompile(path):
     conv = make_conv()
     compiled = torch.compile(conv, fullgraph=True, dynamic=True,
                              backend='aot_eager')
-    x, ei, _ = graph(12, 40)
+    x, ei, _ = features_and_graph(12, 40)
     compiled(x, ei)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for n, e, seed in ((17, 55, 1), (30, 90, 2)):
-            x, ei, _ = graph(n, e, seed)
+            x, ei, _ = features_and_graph(n, e, seed)
             torch.testing.assert_close(compiled(x, ei), conv(x, ei),
                                        rtol=1e-10, atol=1e-10)
 
 
 def test_export_fused_gat_conv(path):
     conv = make_conv(edge_dim=3).eval()
-    x, ei, ea = graph(12, 40)
+    x, ei, ea = features_and_graph(12, 40)
     program = torch.export.export(conv, (x, ei, ea))
-    x2, ei2, ea2 = graph(12, 40, seed=5)  # other values, same shapes
+    x2, ei2, ea2 = features_and_graph(12, 40, seed=5)  # same shapes
     torch.testing.assert_close(program.module()(x2, ei2, ea2),
                                conv(x2, ei2, ea2), rtol=1e-10, atol=1e-10)
 
@@ -124,28 +117,14 @@ def test_export_flow_log_prob(path):
 
 def test_jit_trace_fused_gat_conv(path):
     conv = make_conv().eval()
-    x, ei, _ = graph(12, 40)
+    x, ei, _ = features_and_graph(12, 40)
     traced = torch.jit.trace(conv, (x, ei), check_trace=False)
-    x2, ei2, _ = graph(12, 40, seed=3)  # the graph is an input, not a constant
+    x2, ei2, _ = features_and_graph(12, 40, seed=3)  # graph: an input
     torch.testing.assert_close(traced(x2, ei2), conv(x2, ei2), rtol=1e-10,
                                atol=1e-10)
 
 
-def _stored_outputs(y):
-    seen, stack, held = set(), [y.grad_fn], 0
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if getattr(node, 'is_gnf_reversible', False):
-            held += node.output is not None
-        stack.extend(n for n, _ in node.next_functions)
-    return held
-
-
 def test_reversible_memory_saving_kept_under_compile():
-    torch._dynamo.reset()
     stack = Stack(depth=6).double()
     x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
     ei = random_graph(12, 40)
@@ -155,7 +134,7 @@ def test_reversible_memory_saving_kept_under_compile():
             lambda t: packed.append(t.numel()) or t, lambda t: t):
         y = compiled(x, ei)
     assert packed == []  # no conv activation saved for backward
-    assert _stored_outputs(y) == 1  # one feature matrix, whatever the depth
+    assert stored_reversible_outputs(y) == 1  # one feature matrix, whatever the depth
     y.pow(2).sum().backward()
     ref = x.detach().clone().requires_grad_()
     stack(ref, ei).pow(2).sum().backward()

@@ -18,16 +18,6 @@ needs_ext = pytest.mark.skipif(not extension_available(),
                                reason='C++ extension unavailable')
 
 
-@pytest.fixture(params=['extension', 'reference'])
-def path(request, monkeypatch):
-    if request.param == 'extension':
-        if not extension_available():
-            pytest.skip('C++ extension unavailable')
-    else:
-        monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
-    return request.param
-
-
 def awkward_graph(num_src, num_dst, num_edges, seed=0, dtype=torch.long):
     r"""Random (bipartite if sizes differ) graph with isolated destination
     and source nodes, duplicate edges and self-loops."""

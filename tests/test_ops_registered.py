@@ -4,10 +4,11 @@ kernels, and second-order gradients of the fused ops."""
 import pytest
 import torch
 
-from tests.conftest import random_graph
+from conftest import random_graph
 from torch_geometric_gnf.ops import (CSRGraph, affine_coupling,
                                      affine_coupling_reference, build_csr,
-                                     extension_available, fused_gat_attention,
+                                     extension_available, extension_with_cuda,
+                                     fused_gat_attention,
                                      fused_gat_attention_reference)
 from torch_geometric_gnf.ops.csr import csr_src_row, validate_csr
 from torch_geometric_gnf.utils import set_input_checks
@@ -39,13 +40,23 @@ def graph_args(csr):
 # --------------------------------------------------------------------------
 # opcheck: schema, fake kernels, autograd registration (issue 28)
 # --------------------------------------------------------------------------
+def on_device(device, *tensors):
+    if device == 'cuda' and not (torch.cuda.is_available() and
+                                 extension_with_cuda()):
+        pytest.skip('CUDA kernels unavailable')
+    return [None if t is None else t.detach().to(device).requires_grad_(
+        t.requires_grad) for t in tensors]
+
+
 @needs_ext
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
 @pytest.mark.parametrize('edge', [False, True])
 @pytest.mark.parametrize('dropout', [0.0, 0.4])
 @pytest.mark.parametrize('index_dtype', [torch.int32, torch.int64])
-def test_opcheck_gat_attention(edge, dropout, index_dtype):
+def test_opcheck_gat_attention(edge, dropout, index_dtype, device):
     (x, a_s, a_d, a_e), csr = gat_inputs(edge=edge, requires_grad=True)
-    csr = build_csr(random_graph(9, 30).to(index_dtype), 9, 9)
+    csr = build_csr(random_graph(9, 30).to(index_dtype).to(device), 9, 9)
+    x, a_s, a_d, a_e = on_device(device, x, a_s, a_d, a_e)
     args = (x, a_s, a_d, a_e, *graph_args(csr), 0.2, dropout, 7)
     torch.library.opcheck(ops.gat_attention_forward, args)
     with torch.no_grad():
@@ -59,19 +70,21 @@ def test_opcheck_gat_attention(edge, dropout, index_dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
 @pytest.mark.parametrize('inverse', [False, True])
 @pytest.mark.parametrize('with_batch', [False, True])
-def test_opcheck_affine_coupling(inverse, with_batch):
+def test_opcheck_affine_coupling(inverse, with_batch, device):
     gen = torch.Generator().manual_seed(0)
     x, s, t = (torch.randn(6, 3, generator=gen, dtype=torch.float64,
                            requires_grad=True) for _ in range(3))
     batch = torch.tensor([0, 0, 1, 1, 2, 2]) if with_batch else None
+    x, s, t, batch = on_device(device, x, s, t, batch)
     args = (x, s, t, batch, 3, 2.0, inverse)
     torch.library.opcheck(ops.affine_coupling_forward, args)
     torch.library.opcheck(
         ops.affine_coupling_backward,
-        (torch.randn(6, 3, dtype=torch.float64), x.detach(), s.detach(),
-         batch, torch.randn(3, dtype=torch.float64), 3, 2.0, inverse))
+        (torch.randn_like(x), x.detach(), s.detach(), batch,
+         x.new_ones(3), 3, 2.0, inverse))
 
 
 @needs_ext

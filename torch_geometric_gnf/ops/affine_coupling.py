@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from torch_geometric_gnf.ops._extension import (extension_supports,
-                                                op_registered)
+                                                register_op)
 from torch_geometric_gnf.utils import infer_num_graphs
 
 
@@ -91,10 +91,6 @@ def _reference(x: Tensor, s_raw: Tensor, t: Tensor, batch: Optional[Tensor],
 # Extension path: the C++ ops registered with torch.library (fake kernels,
 # autograd through register_autograd; see ops/gat_attention.py).
 # ---------------------------------------------------------------------------
-_FORWARD = 'torch_geometric_gnf::affine_coupling_forward'
-_BACKWARD = 'torch_geometric_gnf::affine_coupling_backward'
-
-
 def _fake_forward(x, s_raw, t, batch, num_graphs, clamp, inverse):
     return torch.empty_like(x), x.new_empty(num_graphs)
 
@@ -153,16 +149,8 @@ def _backward(ctx, grad_out: Tensor, grad_log_det: Tensor):
     return grad_in, grad_s_raw, grad_t, None, None, None, None
 
 
-def _register() -> None:
-    if not op_registered('affine_coupling_forward'):  # no extension
-        return
-    torch.library.register_fake(_FORWARD)(_fake_forward)
-    torch.library.register_fake(_BACKWARD)(_fake_backward)
-    torch.library.register_autograd(_FORWARD, _backward,
-                                    setup_context=_setup_context)
-
-
-_register()
+register_op('affine_coupling', _fake_forward, _fake_backward, _backward,
+            _setup_context)
 
 
 def affine_coupling_reference(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torch_geometric_gnf.ops._extension import (extension_supports,
-                                                op_registered)
+                                                op_registered, register_op)
 from torch_geometric_gnf.ops.csr import (CSRGraph, csr_row, csr_src_row,
                                          is_traced, validate_csr)
 from torch_geometric_gnf.utils.checks import all_finite, input_checks_enabled
@@ -213,10 +213,6 @@ def _reference(x: Tensor, alpha_src: Tensor, alpha_dst: Tensor,
 # tracing, autograd through register_autograd), so torch.compile(fullgraph=
 # True), torch.export and jit.trace see one op instead of a graph break.
 # ---------------------------------------------------------------------------
-_FORWARD = 'torch_geometric_gnf::gat_attention_forward'
-_BACKWARD = 'torch_geometric_gnf::gat_attention_backward'
-
-
 def _ops():
     return torch.ops.torch_geometric_gnf
 
@@ -303,16 +299,8 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Optional[Tensor]):
         (None, ) * 9
 
 
-def _register() -> None:
-    if not _has_kernel():
-        return
-    torch.library.register_fake(_FORWARD)(_fake_forward)
-    torch.library.register_fake(_BACKWARD)(_fake_backward)
-    torch.library.register_autograd(_FORWARD, _backward,
-                                    setup_context=_setup_context)
-
-
-_register()
+register_op('gat_attention', _fake_forward, _fake_backward, _backward,
+            _setup_context)
 
 
 # ---------------------------------------------------------------------------
@@ -455,6 +443,8 @@ def gat_attention_weights(alpha_src: Tensor, alpha_dst: Tensor,
     x = alpha_src.new_empty(alpha_src.size(0), heads, 0)
     _validate(x, alpha_src, alpha_dst, csr, alpha_edge, float(negative_slope),
               0.0)
+    if not is_traced(alpha_src):
+        validate_csr(csr, 'gat_attention_weights')
     row = csr_row(csr)
     a = _softmax_by_row(
         _scores(alpha_src, alpha_dst, csr, alpha_edge, float(negative_slope),
