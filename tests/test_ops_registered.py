@@ -55,8 +55,8 @@ def on_device(device, *tensors):
 @pytest.mark.parametrize('index_dtype', [torch.int32, torch.int64])
 def test_opcheck_gat_attention(edge, dropout, index_dtype, device):
     (x, a_s, a_d, a_e), csr = gat_inputs(edge=edge, requires_grad=True)
-    csr = build_csr(random_graph(9, 30).to(index_dtype).to(device), 9, 9)
     x, a_s, a_d, a_e = on_device(device, x, a_s, a_d, a_e)
+    csr = build_csr(random_graph(9, 30).to(index_dtype).to(device), 9, 9)
     args = (x, a_s, a_d, a_e, *graph_args(csr), 0.2, dropout, 7)
     torch.library.opcheck(ops.gat_attention_forward, args)
     with torch.no_grad():
