@@ -26,6 +26,16 @@ too).
     python benchmarks/fused_gat.py [--graphs 100k arxiv 10M] [--device cpu]
         [--threads 2] [--repeats 3] [--markdown benchmarks/results/fused_gat_cpu.md]
         [--plot benchmarks/results/fused_gat_cpu.png]
+
+``--compile`` measures every layer twice, eager and wrapped in
+``torch.compile(layer, dynamic=True)`` (default inductor backend), and prints
+one table of both (time per step, peak memory, compiled/eager ratios). The
+compilation happens in the warm-up step on the tiny graph (dynamic shapes, so
+the measured graph reuses it); its time is not in the step times. Memory runs
+use the default allocator environment here. E.g.
+
+    python benchmarks/fused_gat.py --compile --graphs 20k \
+        --markdown benchmarks/results/fused_gat_compile_cpu.md
 """
 import argparse
 import time
@@ -43,6 +53,7 @@ GRAPHS = {  # name: (nodes, edges, input features)
     '100k': (100_000, 1_000_000, 64),
     'arxiv': (169_343, 1_166_243, 128),
     '10M': (100_000, 10_000_000, 64),
+    '20k': (20_000, 200_000, 64),  # modest size for the --compile table
     'tiny': (500, 4_000, 16),  # for the tests
 }
 
@@ -60,7 +71,7 @@ def build_layer(method: str, in_channels: int, channels: int,
 
 def measure(method: str, nodes: int, edges: int, in_channels: int,
             channels: int, heads: int, repeats: int, device: str,
-            threads: int, seed: int = 0) -> Dict[str, Any]:
+            threads: int, seed: int = 0, compile: bool = False) -> Dict[str, Any]:
     r"""Runs in a fresh process: the peak memory of one training step
     (:obj:`repeats=0`), or the time of a warm-up step and the mean time of
     :obj:`repeats` further steps."""
@@ -70,6 +81,8 @@ def measure(method: str, nodes: int, edges: int, in_channels: int,
     torch.manual_seed(seed)
     dev = torch.device(device)
     layer = build_layer(method, in_channels, channels, heads).to(dev)
+    if compile:
+        layer = torch.compile(layer, dynamic=True)
 
     def graph(n, e):
         return (torch.randn(n, in_channels, device=dev),
@@ -183,6 +196,69 @@ def plot(results: Dict[tuple, Dict[str, Any]], graphs: List[str], path: str,
     print(f'wrote {path}')
 
 
+def format_compile_table(results: Dict[tuple, Dict[str, Any]],
+                         graphs: List[str], methods: List[str],
+                         caption: str) -> str:
+    r"""Eager vs ``torch.compile`` per layer and graph, side by side."""
+    lines = [caption, '',
+             '| graph | layer | eager s | compiled s | compiled/eager time | '
+             'eager MB | compiled MB | compiled/eager mem |',
+             '|---|---|---|---|---|---|---|---|']
+
+    def get(method, g, compiled, key):
+        return results.get((method, g, compiled), {}).get(key)
+
+    for g in graphs:
+        for method in methods:
+            row = [g, LABELS[method]]
+            for key, fmt in (('seconds', '{:.3f}'), ('peak_mb', '{:.0f}')):
+                a, b = get(method, g, False, key), get(method, g, True, key)
+                row += [fmt.format(a) if a is not None else '-',
+                        fmt.format(b) if b is not None else '-',
+                        f'{b / a:.2f}' if a and b is not None else '-']
+            lines.append('| ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines)
+
+
+def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
+    r"""``--compile``: every (graph, layer) eager and compiled, each
+    measurement in a fresh process."""
+    results: Dict[tuple, Dict[str, Any]] = {}
+    configs = [(m, g, c) for g in args.graphs for m in args.methods
+               for c in (False, True)]
+    for method, g, compiled in tqdm(configs, desc='configurations'):
+        nodes, edges, in_channels = GRAPHS[g]
+        common = dict(method=method, nodes=nodes, edges=edges,
+                      in_channels=in_channels, channels=args.channels,
+                      heads=args.heads, device=args.device,
+                      threads=args.threads, compile=compiled)
+        try:
+            result = run_in_fresh_process(measure, repeats=0, **common)
+            if not args.skip_time:
+                result.update(run_in_fresh_process(
+                    measure, repeats=args.repeats, **common))
+        except RuntimeError as e:
+            result = {'skipped': f'failed: {str(e).splitlines()[-1][:80]}'}
+            print(f'{LABELS[method]} on {g} (compile={compiled}): '
+                  f'{result["skipped"]}')
+        results[(method, g, compiled)] = result
+    device = (torch.cuda.get_device_name() if args.device == 'cuda'
+              else f'cpu, {args.threads} threads')
+    caption = (f'Device: {device}, torch {torch.__version__}; one layer, '
+               f'heads={args.heads}, {args.channels} channels per head; '
+               f'fused path: {fused_path()}; compiled: torch.compile(layer, '
+               f'dynamic=True), inductor, compiled in a warm-up step; time: '
+               f'mean of {args.repeats} step(s) after a warm-up step; peak '
+               f'memory: growth of VmHWM during one step, default allocator '
+               f'environment; every number from a fresh process.')
+    table = format_compile_table(results, args.graphs, args.methods, caption)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(table + '\n')
+    return results
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--graphs', nargs='+', default=['100k', 'arxiv', '10M'],
@@ -196,9 +272,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
     parser.add_argument('--skip-time', action='store_true', help='memory only')
     parser.add_argument('--markdown', default=None, help='also write the table here')
     parser.add_argument('--plot', default=None, help='also draw a bar chart here (PNG)')
+    parser.add_argument('--compile', action='store_true',
+                        help='eager vs torch.compile for every layer, one table')
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda but CUDA is not available')
+    if args.compile:
+        return run_compile_comparison(args)
     memory_env = LIVE_PEAK_MALLOC_ENV if args.device == 'cpu' else {}
 
     results: Dict[tuple, Dict[str, Any]] = {}

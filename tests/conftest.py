@@ -42,3 +42,31 @@ CONVS = ['gcn', 'gat', 'sage', 'gin', 'transformer']
 @pytest.fixture
 def graph():
     return random_graph()
+
+
+@pytest.fixture(params=['extension', 'reference'])
+def path(request, monkeypatch):
+    r"""Runs a test on the C++ extension and on the pure-PyTorch reference
+    path (``GNF_DISABLE_EXTENSION=1``)."""
+    from torch_geometric_gnf.ops import extension_available
+    if request.param == 'extension':
+        if not extension_available():
+            pytest.skip('C++ extension unavailable')
+    else:
+        monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
+    return request.param
+
+
+def stored_reversible_outputs(y: torch.Tensor) -> int:
+    r"""Memory-saving reversible nodes in the graph of ``y`` that still hold
+    an output (a stack of any depth should hold one)."""
+    seen, stack, held = set(), [y.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if getattr(node, 'is_gnf_reversible', False):
+            held += node.output is not None
+        stack.extend(n for n, _ in node.next_functions)
+    return held

@@ -7,7 +7,8 @@ from torch_geometric.nn import GCNConv
 from torch_geometric_gnf.models import MessagePassingStep
 from torch_geometric_gnf.nn import ReversibleMessagePassing
 
-from conftest import CONVS, make_conv, random_graph
+from conftest import (CONVS, make_conv, random_graph,
+                      stored_reversible_outputs)
 
 
 def make_stack(conv, channels, depth, coupling='additive', memory_saving=True,
@@ -209,20 +210,6 @@ def test_backward_accumulates_into_param_grad_and_trains():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def _stored_outputs(y):
-    r"""Reversible nodes in the graph of ``y`` that still hold an output."""
-    seen, stack, held = set(), [y.grad_fn], 0
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if getattr(node, 'is_gnf_reversible', False):
-            held += node.output is not None
-        stack.extend(n for n, _ in node.next_functions)
-    return held
-
-
 @pytest.mark.parametrize('depth', [1, 8, 64])
 def test_stack_stores_one_feature_matrix_whatever_the_depth(depth):
     edge_index = random_graph()
@@ -233,7 +220,7 @@ def test_stack_stores_one_feature_matrix_whatever_the_depth(depth):
             lambda t: packed.append(t.numel()) or t, lambda t: t):
         y = run_stack(blocks, x, edge_index)
     assert packed == []  # no activation of any conv is saved for backward
-    assert _stored_outputs(y) == 1  # only the last step's output is held
+    assert stored_reversible_outputs(y) == 1  # only the last step's output is held
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
@@ -312,3 +299,20 @@ def test_torch_sparse_adjacency_input():
     assert_close(g_a, g_b)
     with pytest.raises(ValueError, match='sparse adjacency of size'):
         plain[0](torch.randn(10, 8, dtype=torch.float64), adj_t)
+
+
+def test_second_order_gradients_need_memory_saving_off():
+    # Issue 26.5: create_graph=True through the memory-saving backward gave
+    # results that failed only later (or silently); now it raises at once,
+    # naming the remedy, and memory_saving=False differentiates twice.
+    edge_index = random_graph()
+    x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
+    (block, ) = make_stack('gcn', 8, 1, coupling='affine')
+    with pytest.raises(RuntimeError, match='memory_saving=False'):
+        torch.autograd.grad(block(x, edge_index).pow(2).sum(), x,
+                            create_graph=True)
+    block.memory_saving = False
+    (g, ) = torch.autograd.grad(block(x, edge_index).pow(2).sum(), x,
+                                create_graph=True)
+    (gg, ) = torch.autograd.grad(g.pow(2).sum(), x)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0

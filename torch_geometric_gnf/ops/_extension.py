@@ -6,7 +6,7 @@ environment variable ``GNF_DISABLE_EXTENSION=1`` makes the extension look
 unavailable (checked at call time), forcing the pure-PyTorch reference path.
 """
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -61,3 +61,30 @@ def extension_supports(*tensors: Optional[Tensor]) -> bool:
         else:
             return False
     return True
+
+
+def op_registered(name: str) -> bool:
+    r"""Whether ``torch.ops.torch_geometric_gnf.<name>`` exists (the loaded
+    ``_C`` registered it), independent of ``GNF_DISABLE_EXTENSION``."""
+    if _C is None:
+        return False
+    try:
+        return hasattr(torch.ops.torch_geometric_gnf, name)
+    except (AttributeError, RuntimeError):  # pragma: no cover
+        return False
+
+
+def register_op(name: str, fake_forward: Callable, fake_backward: Callable,
+                backward: Callable, setup_context: Callable) -> None:
+    r"""Registers the pair ``<name>_forward`` / ``<name>_backward`` of
+    ``_C`` with :mod:`torch.library`: fake kernels (output shapes for
+    tracing) and autograd of the forward op through its backward op, so the
+    compiler stack sees single operators. No-op without the extension."""
+    if not op_registered(f'{name}_forward'):
+        return
+    forward_op = f'torch_geometric_gnf::{name}_forward'
+    torch.library.register_fake(forward_op)(fake_forward)
+    torch.library.register_fake(
+        f'torch_geometric_gnf::{name}_backward')(fake_backward)
+    torch.library.register_autograd(forward_op, backward,
+                                    setup_context=setup_context)
