@@ -137,7 +137,9 @@ def train_flow(with_edges: bool, steps: int) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--epochs', type=int, default=60)
     parser.add_argument('--flow-steps', type=int, default=600)
     args = parser.parse_args()
