@@ -37,7 +37,7 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # Training schedule per data set where --steps / --lr / --warmup are not
 # given. The moons' tight modes (noise 0.05) take over twice as long as the
 # Gaussians to fit, and at lr 2e-3 their loss spikes; one seed never recovered
-# from an early spike (rounds 5-6 of examples/results/density_estimation.md).
+# from an early spike (see the git history of examples/results/density_estimation.md).
 DEFAULT_STEPS = {'mog': 3000, 'mog_ring': 3000, 'moons6': 7000}
 DEFAULT_LR = {'mog': 2e-3, 'mog_ring': 2e-3, 'moons6': 1e-3}
 DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
@@ -237,8 +237,8 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     weights if :obj:`args.ema` > 0 (the raw weights otherwise), taken at the
     end or, with :obj:`args.select == 'best'`, at the validation check with
     the lowest NLL.  (On the moons single Adam steps can raise RealNVP's loss
-    by a nat per node; round 8 of ``examples/results/density_estimation.md``
-    measures what averaging and selection change there.)  With
+    by a nat per node; round 8 in the git history of
+    ``examples/results/density_estimation.md`` measures what averaging and selection change there.)  With
     :obj:`args.rollback` > 0, a validation check more than that many nats per
     node above the best check so far restores the weights and Adam's state
     of the best check; training goes on from there with the schedule's

@@ -119,3 +119,10 @@ def test_extras_nest_and_requirements_txt_pins_everything():
                   if line.strip() and not line.startswith('#')}
     missing = (core | extras['all']) - pinned
     assert not missing, f'requirements.txt lacks {sorted(missing)}'
+
+
+def test_make_docs_installs_the_declared_sphinx():
+    with open(os.path.join(REPO, 'setup.py')) as f:
+        pin = re.search(r"'sphinx==([0-9.]+)'", f.read()).group(1)
+    with open(os.path.join(REPO, 'Makefile')) as f:
+        assert f'SPHINX_VERSION ?= {pin}\n' in f.read()
