@@ -70,3 +70,10 @@ def test_new_run_folders_never_collide(tmp_path, monkeypatch):
     assert resolve_out(str(tmp_path / 'mine'), 'demo') == str(tmp_path / 'mine')
     with pytest.raises(ValueError, match="'example'"):
         new_run_folder('a/b')
+
+
+def test_smoke_modes_run_one_seed():
+    density, generation = load_example('density_estimation'), load_example('graph_generation')
+    assert density.parse_args(['--tiny']).seeds == 1
+    assert density.parse_args([]).seeds == 3
+    assert generation.parse_args(['--tiny']).seeds == 1

@@ -8,7 +8,7 @@ from torch_geometric.utils import scatter
 from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
 from torch_geometric_gnf.utils import check_batch, infer_num_graphs
 
-from ._dense_attention import DenseAttentionCoupling, dense_layout
+from ..nn.dense_attention import DenseAttentionCoupling, dense_layout
 from .graph_auto_encoder import GraphAutoEncoder
 from .set_flow import coupling_steps
 
