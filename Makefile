@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gnf-installed
 SOURCES := setup.py requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	GNF_EXPECT_EXTENSION=1 $(PY) -m pytest tests -q
 
+# HTML API reference from the docstrings, warnings as errors (CI runs it too).
+SPHINX_VERSION ?= 8.2.3
+docs: $(STAMP)
+	$(PY) -m pip install -q sphinx==$(SPHINX_VERSION)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "API reference: docs/_build/html/index.html"
+
 bench: $(STAMP)
 	$(PY) benchmarks/memory_vs_depth.py --markdown benchmarks/results/memory_vs_depth_cpu.md
 	$(PY) benchmarks/plot_memory_vs_depth.py benchmarks/results/memory_vs_depth_cpu.md \
@@ -36,4 +43,4 @@ bench: $(STAMP)
 		--markdown benchmarks/results/fused_gat_cpu.md --plot benchmarks/results/fused_gat_cpu.png
 
 clean:
-	rm -rf build *.egg-info torch_geometric_gnf/_C*.so $(VENV)
+	rm -rf build *.egg-info torch_geometric_gnf/_C*.so docs/_build $(VENV)

@@ -19,6 +19,22 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
+# What each part imports (tests/test_package.py checks this against the
+# code). torch is deliberately not listed: pip must never resolve it (a bare
+# `torch` requirement pulls a multi-GB CUDA build). Install it first.
+# Core: nn, ops, models, datasets (networkx builds the GraphRNN graphs), utils.
+INSTALL_REQUIRES = ['torch_geometric>=2.5', 'numpy', 'networkx', 'tqdm']
+EXTRAS_REQUIRE = {
+    'metrics': ['scipy'],                       # torch_geometric_gnf.metrics
+    'ogb': ['ogb>=1.3.6'],                      # OGB loaders (pandas comes with ogb)
+    'sparse': ['torch-scatter', 'torch-sparse'],  # optional; compiled from source
+    'docs': ['sphinx==8.2.3'],                  # make docs
+}
+EXTRAS_REQUIRE['examples'] = (EXTRAS_REQUIRE['metrics'] + EXTRAS_REQUIRE['ogb'] +
+                              ['matplotlib'])   # examples/ and benchmarks/
+EXTRAS_REQUIRE['test'] = EXTRAS_REQUIRE['examples'] + ['pytest']
+EXTRAS_REQUIRE['all'] = EXTRAS_REQUIRE['test']
+
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, '0').lower() in ('1', 'true', 'yes', 'on')
@@ -84,15 +100,8 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['torch_geometric_gnf',
                                     'torch_geometric_gnf.*']),
-    # torch is deliberately not listed: pip must never resolve it (a bare
-    # `torch` requirement pulls a multi-GB CUDA build). Install it first.
-    install_requires=['torch_geometric>=2.5', 'numpy', 'tqdm'],
-    extras_require={
-        'sparse': ['torch-scatter', 'torch-sparse'],
-        'ogb': ['ogb>=1.3.6'],
-        'examples': ['ogb>=1.3.6', 'matplotlib', 'networkx', 'scipy'],
-        'test': ['pytest'],
-    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

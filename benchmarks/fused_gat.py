@@ -260,7 +260,9 @@ def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--graphs', nargs='+', default=['100k', 'arxiv', '10M'],
                         choices=list(GRAPHS))
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)

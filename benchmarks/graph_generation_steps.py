@@ -125,7 +125,9 @@ def to_markdown(res: Dict[str, Dict[str, float]], dataset: str, threads: int) ->
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--dataset', default='community_small',
                    choices=['community_small', 'ego_small'])
     p.add_argument('--threads', type=int, default=2)

@@ -114,7 +114,9 @@ def available_mb() -> float:
 
 
 def main(argv: List[str] = None) -> List[Dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--nodes', type=int, default=50_000)
     parser.add_argument('--edges', type=int, default=500_000)
     parser.add_argument('--channels', type=int, default=64)

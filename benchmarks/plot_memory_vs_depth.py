@@ -59,7 +59,9 @@ def _number(cell: str) -> Optional[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('table')
     parser.add_argument('output')
     args = parser.parse_args()

@@ -189,7 +189,9 @@ def plot(results: Dict[tuple, Dict[str, Any]], depths: List[int], path: str,
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--nodes', type=int, default=19_717)
     parser.add_argument('--edges', type=int, default=88_648)
     parser.add_argument('--dim', type=int, default=500)

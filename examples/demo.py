@@ -59,7 +59,7 @@ def train_node_classifier(epochs: int) -> Dict[str, float]:
                 for m in (data.val_mask, data.test_mask)]
         if accs[0] > best_val:
             best_val, test_at_best = accs
-        bar.set_postfix(loss=f'{float(loss):.3f}', val=f'{accs[0]:.3f}')
+        bar.set_postfix(loss=f'{float(loss.detach()):.3f}', val=f'{accs[0]:.3f}')
     return {'val': best_val, 'test': test_at_best,
             'seconds': time.perf_counter() - start}
 
@@ -131,13 +131,15 @@ def train_flow(with_edges: bool, steps: int) -> float:
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            bar.set_postfix(nll=f'{float(loss):.3f}')
+            bar.set_postfix(nll=f'{float(loss.detach()):.3f}')
     with torch.no_grad():
         return float(nll_per_node(test, torch.arange(500).repeat_interleave(4)))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--epochs', type=int, default=60)
     parser.add_argument('--flow-steps', type=int, default=600)
     args = parser.parse_args()

@@ -4,7 +4,9 @@ self-attention message passing over the fully connected graph of each set)
 against RealNVP (the same flow without message passing) on MoG, MoG ring and
 6 half-moons sets.  Reports per-node test NLL (nats, mean +- std over seeds)
 beside the exact entropy floors (Monte Carlo with the exact densities), and
-writes Figure 3 and a markdown table under ``examples/results/``.
+writes Figure 3 and a markdown table into ``--out`` (default: a new
+``runs/density_estimation/<UTC time>/`` folder; the recorded results in
+``examples/results/`` change only when ``--out`` names that folder).
 
     python examples/density_estimation.py --dataset mog --model both --seeds 3
     python examples/density_estimation.py --dataset all --steps 50 --tiny  # smoke test
@@ -26,7 +28,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -36,11 +37,11 @@ from tqdm import tqdm
 from torch_geometric_gnf.datasets.density import DENSITY_DATASETS, PointSetDataset
 from torch_geometric_gnf.models import build_set_flow
 from torch_geometric_gnf.utils import set_input_checks
+from torch_geometric_gnf.utils.cli import HelpFormatter, resolve_out
 from torch_geometric_gnf.utils.training import (atomic_save, fault_point,
                                                 read_checkpoint,
                                                 restore_rng_states, rng_states)
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 PAPER = {  # Table 2 of the paper: (RealNVP, GNF)
     'mog': (4.2, 3.6), 'mog_ring': (5.2, 4.2), 'moons6': (-1.2, -1.7)}
 TARGETS = {  # issue 5: (RealNVP, GNF)
@@ -49,7 +50,7 @@ NAMES = {'mog': 'MoG', 'mog_ring': 'MoG ring', 'moons6': '6 half-moons'}
 # Training schedule per data set where --steps / --lr / --warmup are not
 # given. The moons' tight modes (noise 0.05) take over twice as long as the
 # Gaussians to fit, and at lr 2e-3 their loss spikes; one seed never recovered
-# from an early spike (rounds 5-6 of examples/results/density_estimation.md).
+# from an early spike (see the git history of examples/results/density_estimation.md).
 DEFAULT_STEPS = {'mog': 3000, 'mog_ring': 3000, 'moons6': 7000}
 DEFAULT_LR = {'mog': 2e-3, 'mog_ring': 2e-3, 'moons6': 1e-3}
 DEFAULT_WARMUP = {'mog': 200, 'mog_ring': 200, 'moons6': 500}
@@ -72,10 +73,11 @@ LEGACY_CONFIG = {'clip': 10.0, 'mixing': 'permutation', 'ema': 0.0, 'select': 'l
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument('--dataset', default='mog', choices=[*DENSITY_DATASETS, 'all'])
     p.add_argument('--model', default='both', choices=['gnf', 'realnvp', 'both'])
-    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--seeds', type=int, default=None,
+                   help='seeds per data set and model (default: 3; 1 with --tiny)')
     p.add_argument('--first-seed', type=int, default=0)
     p.add_argument('--steps', type=int, default=None,
                    help='training steps (default: per data set, %s)'
@@ -139,14 +141,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--eval-every', type=int, default=500)
     p.add_argument('--tiny', action='store_true',
                    help='small sets and models for a smoke test')
-    p.add_argument('--out', default=RESULTS, help='folder for the figure and table')
+    p.add_argument('--out', default=None,
+                   help='folder for the figures and table (default: a new '
+                        'runs/density_estimation/<UTC time>/ folder)')
     p.add_argument('--json', default=None, help='also write raw results here')
     p.add_argument('--no-plot', action='store_true')
     p.add_argument('--checkpoint', default=None, metavar='PATH',
                    help='write the run\'s state here every --checkpoint-every '
                         'steps and after every training (atomically)')
     p.add_argument('--checkpoint-every', type=int, default=100, metavar='STEPS',
-                   help='steps between two checkpoints (default: 100)')
+                   help='steps between two checkpoints')
     p.add_argument('--resume', action='store_true',
                    help='continue the run saved in --checkpoint (same '
                         'arguments); without it an existing checkpoint is '
@@ -183,8 +187,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.couplings, args.hidden, args.batch_size = 4, 16, 64
         args.warmup = 10 if args.warmup is None else min(args.warmup, 10)
         args.steps = 50 if args.steps is None else args.steps
-        if args.out == RESULTS:  # never overwrite the recorded results
-            args.out = os.path.join(tempfile.gettempdir(), 'density_estimation_tiny')
+    if args.seeds is None:
+        args.seeds = 1 if args.tiny else 3
     return args
 
 
@@ -322,8 +326,8 @@ def train_flow(model: str, train: PointSetDataset, args: argparse.Namespace,
     weights if :obj:`args.ema` > 0 (the raw weights otherwise), taken at the
     end or, with :obj:`args.select == 'best'`, at the validation check with
     the lowest NLL.  (On the moons single Adam steps can raise RealNVP's loss
-    by a nat per node; round 8 of ``examples/results/density_estimation.md``
-    measures what averaging and selection change there.)  With
+    by a nat per node; round 8 in the git history of
+    ``examples/results/density_estimation.md`` measures what averaging and selection change there.)  With
     :obj:`args.rollback` > 0, a validation check more than that many nats per
     node above the best check so far restores the weights and Adam's state
     of the best check; training goes on from there with the schedule's
@@ -638,12 +642,13 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     torch.set_num_threads(args.threads)
     names = list(DENSITY_DATASETS) if args.dataset == 'all' else [args.dataset]
     results: List[Dict] = []
+    if not args.no_plot:
+        args.out = resolve_out(args.out, 'density_estimation')
     if args.combine:
         results = combine(args.combine)
         names = []
         for r in results:
             if not args.no_plot:
-                os.makedirs(args.out, exist_ok=True)
                 plot(r, os.path.join(args.out, f"density_{r['dataset']}.png"))
     checkpoint = None if args.combine else RunCheckpoint(args.checkpoint, args, args.resume)
     set_input_checks(False)  # inputs are generated here; skip per-call scans
@@ -657,10 +662,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
 
             results[-1] = run_dataset(name, args, update, checkpoint)
             if not args.no_plot:
-                os.makedirs(args.out, exist_ok=True)
-                path = os.path.join(args.out, f'density_{name}.png')
-                plot(results[-1], path)
-                print(f'wrote {path}')
+                plot(results[-1], os.path.join(args.out, f'density_{name}.png'))
     finally:
         set_input_checks(True)
     text = table(results)
@@ -670,6 +672,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
             argv if argv is not None else sys.argv[1:])
         with open(os.path.join(args.out, 'density_estimation.md'), 'w') as f:
             f.write(f'Command: `{cmd}`\n\n{text}\n')
+        print(f'\nWrote the table and figures to {args.out}/')
     return results
 
 

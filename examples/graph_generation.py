@@ -20,7 +20,9 @@ running loss runs away (``--ae-spike-factor`` times its lowest), training
 goes back to the last healthy copy at half the learning rate, and the table
 lists the rollback.  Training checkpoints (resumed automatically) go to
 ``--checkpoint-dir``; the table and a grid of real vs generated graphs go to
-``--out/graph_generation_<dataset>.{md,png}``.
+``<out>/graph_generation_<dataset>.{md,png}``, where ``--out`` defaults to a
+new ``runs/graph_generation/<UTC time>/`` folder (the recorded results in
+``examples/results/`` change only when ``--out`` names that folder).
 
     python examples/graph_generation.py --dataset community_small --seeds 3
     python examples/graph_generation.py --dataset ego_small --tiny   # smoke run
@@ -62,6 +64,7 @@ from tqdm import tqdm  # noqa: E402
 from torch_geometric_gnf.datasets import (CommunitySmall, EgoSmall,  # noqa: E402
                                           graphrnn_split)
 from torch_geometric_gnf.models import GraphAutoEncoder, GraphGenerator  # noqa: E402
+from torch_geometric_gnf.utils.cli import HelpFormatter, resolve_out  # noqa: E402
 
 SHARED_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
                            'shared', 'data', 'graphrnn', '{}.json')
@@ -83,7 +86,7 @@ STATS = ('degree', 'clustering', 'orbit')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--dataset', choices=sorted(DATASETS), default='community_small')
     p.add_argument('--data-json', default=None,
                    help='graph list to read (default: ../shared/data/graphrnn/'
@@ -149,8 +152,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--checkpoint-dir',
                    default=os.path.join(tempfile.gettempdir(), 'gnf_graph_generation'))
     p.add_argument('--checkpoint-every', type=int, default=250)
-    p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(
-        __file__)), 'results'))
+    p.add_argument('--out', default=None,
+                   help='folder for the table and figure (default: a new '
+                        'runs/graph_generation/<UTC time>/ folder)')
     p.add_argument('--tiny', action='store_true',
                    help='seconds-long smoke run (small models, few steps, 1 seed)')
     args = p.parse_args(argv)
@@ -560,7 +564,7 @@ def evaluate(args, train: List, test: List, states: List[Dict],
                   f'({time.perf_counter() - t:.0f} s)')
         if fake_for_plot is None:
             fake_for_plot = to_nx(many)[:8]
-    os.makedirs(args.out, exist_ok=True)
+    args.out = resolve_out(args.out, 'graph_generation')
     stem = os.path.join(args.out, f'graph_generation_{args.dataset}')
     draw_grid(test_nx[:8], fake_for_plot,
               stem + '.png', f'{args.dataset}: test graphs (top), GNF samples (bottom)')
@@ -621,6 +625,7 @@ def main(argv=None) -> str:
         return ''
     table = evaluate(args, train, test, states, seeds)
     print(table)
+    print(f'Wrote the table and figure to {args.out}/')
     return table
 
 

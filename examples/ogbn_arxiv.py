@@ -50,8 +50,7 @@ from torch import Tensor
 from torch_geometric.utils import remove_self_loops, to_undirected
 from tqdm import tqdm
 
-from torch_geometric_gnf.datasets import (load_node_prop_pred_dataset,
-                                          ogbn_dir_name, write_ogbn_dataset)
+from torch_geometric_gnf.datasets import load_example_dataset
 from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.models.rev_gat import default_gat_conv
 from torch_geometric_gnf.utils.training import (append_jsonl, fault_point,
@@ -179,10 +178,8 @@ def evaluate(model: RevGAT, data: Any, split: Dict[str, Tensor], evaluator: Any,
 def load_data(args: argparse.Namespace, device: torch.device):
     r"""The data set (bidirected, without self-loops: the convs add them)
     and its split, on :obj:`device`."""
-    if args.synthetic is not None and not osp.isdir(osp.join(args.root, ogbn_dir_name(NAME))):
-        write_ogbn_dataset(args.root, NAME, num_nodes=args.synthetic,
-                           num_edges=args.synthetic_edges, seed=args.seed)
-    dataset = load_node_prop_pred_dataset(NAME, args.root)
+    dataset = load_example_dataset(NAME, args.root, args.synthetic,
+                                   num_edges=args.synthetic_edges, seed=args.seed)
     data = dataset[0]
     edge_index, _ = remove_self_loops(to_undirected(data.edge_index,
                                                     num_nodes=data.num_nodes))

@@ -46,8 +46,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import RandomNodeLoader
 from tqdm import tqdm
 
-from torch_geometric_gnf.datasets import (load_node_prop_pred_dataset,
-                                          ogbn_dir_name, write_ogbn_dataset)
+from torch_geometric_gnf.datasets import load_example_dataset
 from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.utils.training import (append_jsonl, format_memory,
                                                 load_checkpoint, peak_memory,
@@ -145,14 +144,11 @@ def load_data(args: argparse.Namespace, rank: int, world_size: int):
     (:obj:`n_id`) that survive :meth:`Data.subgraph`."""
     # Rank 0 writes/processes first so that ranks never race on processed/.
     if rank == 0:
-        if args.synthetic is not None and not osp.isdir(
-                osp.join(args.root, ogbn_dir_name(NAME))):
-            write_ogbn_dataset(args.root, NAME, num_nodes=args.synthetic, seed=args.seed)
-        dataset = load_node_prop_pred_dataset(NAME, args.root)
+        dataset = load_example_dataset(NAME, args.root, args.synthetic, seed=args.seed)
     if world_size > 1:
         dist.barrier()
     if rank != 0:
-        dataset = load_node_prop_pred_dataset(NAME, args.root)
+        dataset = load_example_dataset(NAME, args.root)
     data = dataset[0]
     data.y = data.y.view(-1)
     split = dataset.get_idx_split()

@@ -32,8 +32,7 @@ from torch_geometric.loader import RandomNodeLoader
 from torch_geometric.utils import scatter
 from tqdm import tqdm
 
-from torch_geometric_gnf.datasets import (load_node_prop_pred_dataset,
-                                          ogbn_dir_name, write_ogbn_dataset)
+from torch_geometric_gnf.datasets import load_example_dataset
 from torch_geometric_gnf.models import RevGAT
 from torch_geometric_gnf.utils.training import (append_jsonl, format_memory,
                                                 load_checkpoint, peak_memory,
@@ -60,9 +59,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def load_data(args: argparse.Namespace):
     r"""The data set with node features from edge features, float targets,
     :obj:`train_mask` and global node ids (:obj:`n_id`)."""
-    if args.synthetic is not None and not osp.isdir(osp.join(args.root, ogbn_dir_name(NAME))):
-        write_ogbn_dataset(args.root, NAME, num_nodes=args.synthetic, seed=args.seed)
-    dataset = load_node_prop_pred_dataset(NAME, args.root)
+    dataset = load_example_dataset(NAME, args.root, args.synthetic, seed=args.seed)
     data = dataset[0]
     # Node features: mean of the incoming edges' features.
     data.x = scatter(data.edge_attr, data.edge_index[1], dim=0,

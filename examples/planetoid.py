@@ -110,7 +110,9 @@ def train_one_seed(model: torch.nn.Module, data: Any, cfg: Dict[str, Any],
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--dataset', default='Cora',
                         help='Cora, CiteSeer or PubMed (case-insensitive)')
     parser.add_argument('--model', default='gat_grevnet', choices=MODELS)

@@ -1,10 +1,24 @@
+import importlib.util
 import os
+import sys
 
 import pytest
 import torch
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, TransformerConv
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+
+def load_example(name: str, folder: str = 'examples'):
+    r"""Imports ``<folder>/<name>.py`` of the repository as a module."""
+    spec = importlib.util.spec_from_file_location(
+        f'{folder}_{name}', os.path.join(REPO, folder, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    # PyG's conv inspector looks classes' modules up in sys.modules.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_graph(num_nodes: int = 14, num_edges: int = 40, seed: int = 0,

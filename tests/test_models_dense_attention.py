@@ -4,10 +4,8 @@ import pytest
 import torch
 from torch_geometric.utils import to_dense_batch
 
-from torch_geometric_gnf.models._dense_attention import (DenseAttentionBlock,
-                                                         dense_layout,
-                                                         fully_connected_attend,
-                                                         layout_of_mask)
+from torch_geometric_gnf.nn.dense_attention import (DenseAttentionBlock, dense_layout,
+                                                    fully_connected_attend, layout_of_mask)
 
 
 def padded_block(block: DenseAttentionBlock, x, attend, bias=None):

@@ -194,9 +194,8 @@ def test_embed_adds_the_auto_encoders_embedding_noise():
 def test_shared_dense_layout_matches_to_dense_batch():
     from torch_geometric.utils import to_dense_batch
 
-    from torch_geometric_gnf.models._dense_attention import (DenseAttentionCoupling,
-                                                             dense_layout,
-                                                             fully_connected_attend)
+    from torch_geometric_gnf.nn.dense_attention import (DenseAttentionCoupling, dense_layout,
+                                                        fully_connected_attend)
     torch.manual_seed(0)
     graph_index = torch.tensor([0, 0, 0, 1, 3, 3, 3, 3])  # graph 2 is empty
     h = torch.randn(graph_index.numel(), 5, dtype=torch.float64)

@@ -6,8 +6,10 @@ import torch
 from torch_geometric_gnf.nn import DenseSelfAttention
 
 
-def _reference(attn: DenseSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    r"""One graph [n, C], computed head by head with explicit loops."""
+def _reference(attn: DenseSelfAttention, x: torch.Tensor, attend=None,
+               bias=None) -> torch.Tensor:
+    r"""One graph [n, C], computed head by head with explicit loops;
+    :obj:`attend` [n, n] and :obj:`bias` [H, n, n] optional."""
     C, H = attn.channels, attn.heads
     D = C // H
     q, k, v = attn.query(x), attn.key(x), attn.value(x)
@@ -15,6 +17,10 @@ def _reference(attn: DenseSelfAttention, x: torch.Tensor) -> torch.Tensor:
     for h in range(H):
         sl = slice(h * D, (h + 1) * D)
         scores = q[:, sl] @ k[:, sl].T / math.sqrt(D)
+        if bias is not None:
+            scores = scores + bias[h]
+        if attend is not None:
+            scores = scores.masked_fill(~attend, float('-inf'))
         heads.append(torch.softmax(scores, dim=-1) @ v[:, sl])
     return attn.out(torch.cat(heads, dim=-1))
 
@@ -132,3 +138,36 @@ def test_bad_input():
         attn(torch.randn(3, 8), node_batch=torch.tensor([1, 0, 1]))
     with pytest.raises(ValueError, match='dense input'):
         attn(torch.randn(2, 3, 8), set_size=3)
+
+
+def test_attend_pattern_and_logit_bias_match_reference():
+    torch.manual_seed(3)
+    attn = DenseSelfAttention(8, heads=2).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    attend = torch.rand(2, 5, 5) < 0.5
+    attend |= torch.eye(5, dtype=torch.bool)  # every node may attend to itself
+    bias = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    out = attn(x, mask=mask, attend=attend, bias=bias)
+    for b, n in enumerate((5, 3)):
+        ref = _reference(attn, x[b, :n], attend[b, :n, :n], bias[b, :, :n, :n])
+        assert torch.allclose(out[b, :n], ref, atol=1e-12)
+    assert bool((out[1, 3:] == 0).all())
+    # all-True pattern and no bias: the plain complete-graph attention
+    full = torch.ones(2, 5, 5, dtype=torch.bool)
+    assert torch.equal(attn(x, mask=mask, attend=full), attn(x, mask=mask))
+    torch.autograd.gradcheck(lambda t: attn(t, mask=mask, attend=attend, bias=bias),
+                             (x.clone().requires_grad_(),))
+
+
+def test_attend_and_bias_bad_input():
+    attn = DenseSelfAttention(8, heads=2)
+    x = torch.randn(1, 3, 8)
+    with pytest.raises(ValueError, match="'attend' must be a bool tensor"):
+        attn(x, attend=torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match='at least one real node'):
+        attn(x, attend=torch.zeros(1, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="for dense"):
+        attn(x[0], set_size=3, bias=torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="needs attention=True"):
+        DenseSelfAttention(8, heads=2, attention=False)(x, bias=torch.zeros(2, 3, 3))

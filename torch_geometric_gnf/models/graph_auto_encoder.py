@@ -10,7 +10,7 @@ from torch_geometric.utils import to_dense_adj, to_dense_batch
 from torch_geometric_gnf.utils import (check_batch, check_edge_index, graph_order,
                                        infer_num_graphs, relabel_edges, restore_order)
 
-from ._dense_attention import DenseAttentionBlock, DenseLayout, layout_of_mask
+from ..nn.dense_attention import DenseAttentionBlock, DenseLayout, layout_of_mask
 
 ATTENTION = ('edges', 'all')
 
@@ -44,7 +44,7 @@ class GraphAutoEncoder(torch.nn.Module):
     layer lifts them to :obj:`hidden_channels`, then :obj:`num_layers`
     message-passing steps (multi-head dot-product attention over each node's
     neighbours and itself, then an MLP; see
-    :class:`~torch_geometric_gnf.models._dense_attention.DenseAttentionBlock`)
+    :class:`~torch_geometric_gnf.nn.DenseAttentionBlock`)
     and a linear read-out give embeddings
     :math:`\mathbf{X} \in \mathbb{R}^{N \times d}`.
 

@@ -10,7 +10,7 @@ from torch_geometric_gnf.nn import GraphAffineCoupling, GraphNormalizingFlow
 from torch_geometric_gnf.utils import (check_batch, check_counts, graph_order,
                                        infer_num_graphs, restore_order)
 
-from ._dense_attention import DenseAttentionCoupling, dense_layout
+from ..nn.dense_attention import DenseAttentionCoupling, dense_layout
 from .graph_auto_encoder import GraphAutoEncoder
 from .set_flow import coupling_steps
 

@@ -3,7 +3,8 @@ from .reversible_message_passing import ReversibleMessagePassing
 from .graph_affine_coupling import GraphAffineCoupling
 from .graph_normalizing_flow import GraphNormalizingFlow
 from .invertible_linear import InvertibleLinear
-from .dense_attention import DenseSelfAttention
+from .dense_attention import (DenseAttentionBlock, DenseAttentionCoupling,
+                              DenseLayout, DenseSelfAttention)
 from .fused_gat_conv import FusedGATConv
 from .to_fused import to_fused
 from .convert_to_reversible import ReversibleGATStack, convert_to_reversible
@@ -14,6 +15,9 @@ __all__ = [
     'GraphNormalizingFlow',
     'InvertibleLinear',
     'DenseSelfAttention',
+    'DenseAttentionBlock',
+    'DenseAttentionCoupling',
+    'DenseLayout',
     'FusedGATConv',
     'to_fused',
     'convert_to_reversible',
