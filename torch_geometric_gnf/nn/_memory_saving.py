@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from torch_geometric_gnf.utils.memory import release_freed_memory
 from torch_geometric_gnf.utils.rng import RngState
 from torch_geometric_gnf.utils.rng import forked_rng as _forked_rng
 
@@ -89,6 +90,7 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         rng: List[RngState] = []
         y, log_det = block._step(x, call, False, rng)
+        release_freed_memory(y)  # the step's transients (utils.memory)
         ctx.block, ctx.call, ctx.rng = block, call, rng
         ctx.grad_args = inputs[:num_grad_args]
         ctx.params = inputs[num_grad_args:]
@@ -146,6 +148,7 @@ class ReversibleFunction(torch.autograd.Function):
         if ctx.predecessor is not None:  # hand the rebuilt input back (kept
             # linked so that a retained graph can be backpropagated again)
             ctx.predecessor.output = block._merge(x0, x1)
+        release_freed_memory(y)  # the recomputation's transients
         num_args = len(grad_args)
         return (None, None, None, grad_x, *grads[:num_args], *grads[num_args:])
 

@@ -2,6 +2,8 @@
 from .checks import (check_batch, check_edge_index, check_node_features,
                      input_checks_enabled, set_input_checks)
 from .graph import fully_connected_edge_index, infer_num_graphs, nodes_per_graph
+from .memory import (memory_release, memory_release_available,
+                     memory_release_enabled, set_memory_release)
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
 from .training import (load_checkpoint, peak_memory, reset_peak_memory,
@@ -16,6 +18,10 @@ __all__ = [
     'fully_connected_edge_index',
     'infer_num_graphs',
     'nodes_per_graph',
+    'memory_release',
+    'memory_release_available',
+    'memory_release_enabled',
+    'set_memory_release',
     'memory_baseline',
     'run_in_fresh_process',
     'step_memory_bytes',
