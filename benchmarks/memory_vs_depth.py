@@ -135,13 +135,18 @@ def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
               'imports_gnf': 'torch_geometric_gnf' in sys.modules}
     if repeats > 0 and method in ('ours', 'fused'):
         from torch_geometric_gnf.utils import memory_release
+        from torch_geometric_gnf.utils.memory import memory_release_stats
         on, off = [], []
+        before = memory_release_stats()
         for _ in range(repeats):
             with memory_release(False):
                 off.append(step(x, edge_index))
             with memory_release(True):
                 on.append(step(x, edge_index))
-        result.update(seconds=sum(on) / repeats, seconds_no_release=sum(off) / repeats)
+        after = memory_release_stats()
+        result.update(seconds=sum(on) / repeats, seconds_no_release=sum(off) / repeats,
+                      releases_per_step=(after['calls'] - before['calls']) / repeats,
+                      release_ms_per_step=1e3 * (after['seconds'] - before['seconds']) / repeats)
     elif repeats > 0:
         result['seconds'] = sum(step(x, edge_index) for _ in range(repeats)) / repeats
     return result
@@ -272,8 +277,8 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
     r"""The markdown table of everything measured so far (rows by depth)."""
     depths = sorted(set(args.depths))
     methods = [m for m in METHODS + EXTRA_METHODS if m in args.methods]
-    timed = [m for m in methods if m not in EXTRA_METHODS]
-    released = [m for m in ('ours', 'fused') if m in methods]
+    timed = [m for m in methods if m not in EXTRA_METHODS and args.repeats > 0]
+    released = [m for m in ('ours', 'fused') if m in timed]
     if args.device.startswith('cuda'):
         how = 'torch.cuda.max_memory_allocated, all configurations in one process'
     else:
@@ -287,14 +292,15 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
               + ('; ours: release on and off alternating' if released else '') + '.'
               if args.repeats > 0 else 'not measured.'), '']
     ratios = [(a, b, key, f'{a}/{b} {"mem" if key == "peak_mb" else "time"}')
-              for a in released for b, key in (('groupaddrev', 'peak_mb'),
-                                                ('groupaddrev', 'seconds'),
-                                                ('gatconv', 'peak_mb'))
-              if b in methods]
+              for a in ('ours', 'fused') if a in methods
+              for b, key in (('groupaddrev', 'peak_mb'), ('groupaddrev', 'seconds'),
+                             ('gatconv', 'peak_mb'))
+              if b in methods and (key == 'peak_mb' or b in timed)]
     header = ([f'{COLUMNS[m]} MB' for m in methods] + [f'{COLUMNS[m]} s' for m in timed]
               + [f'{COLUMNS[m]} s (no release)' for m in released]
               + [name for *_, name in ratios]
-              + [f'{m} time release on/off' for m in released])
+              + [f'{m} time release on/off' for m in released]
+              + [f'{m} ms in malloc_trim per step' for m in released])
     lines += ['| depth | ' + ' | '.join(header) + ' |', '|---' * (1 + len(header)) + '|']
 
     def cell(method, depth, key, fmt):
@@ -315,6 +321,7 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
             *(cell(m, d, 'seconds_no_release', '{:.2f}') for m in released),
             *(ratio(a, b, d, key) for a, b, key, _ in ratios),
             *(ratio(m, m, d, 'seconds', 'seconds_no_release') for m in released),
+            *(cell(m, d, 'release_ms_per_step', '{:.1f}') for m in released),
         ]) + ' |')
     lo, hi = min(depths), max(depths)
     notes = []

@@ -91,11 +91,11 @@ def test_gradients_unchanged_by_the_release():
     model, x, ei = stack(3), torch.randn(14, 8), random_graph()
     with memory_release(False):
         off = step_grads(model, x, ei)
-    before = memory.memory_release_calls()
+    before = memory.memory_release_stats()['calls']
     with memory_release(True, min_bytes=0):
         on = step_grads(model, x, ei)
     if memory_release_available():
-        assert memory.memory_release_calls() == before + 6  # really trimmed
+        assert memory.memory_release_stats()['calls'] == before + 6  # really trimmed
     for a, b in zip(off, on):
         assert torch.equal(a, b)
 

@@ -29,7 +29,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-from typing import Callable, Iterator, Optional
+import time
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -42,7 +43,7 @@ _enabled: Optional[bool] = None  # None: not set in code, the env var decides
 _min_bytes = DEFAULT_MIN_BYTES
 _UNLOADED = object()
 _trim_fn = _UNLOADED  # the loaded malloc_trim, or None where unavailable
-_calls = 0
+_calls, _seconds = 0, 0.0  # releases run in this process, time spent in them
 
 
 def _load_libc() -> Optional[ctypes.CDLL]:
@@ -122,7 +123,7 @@ def _restore(enabled: Optional[bool], min_bytes: int) -> None:
 def release_freed_memory(like: torch.Tensor) -> bool:
     r"""Returns freed CPU heap memory to the operating system if enabled and
     useful after work on tensors like :obj:`like`; returns whether it did."""
-    global _calls
+    global _calls, _seconds
     if (like.device.type != 'cpu' or torch.compiler.is_compiling()
             or like.numel() * like.element_size() < _min_bytes
             or not memory_release_enabled()):
@@ -130,11 +131,14 @@ def release_freed_memory(like: torch.Tensor) -> bool:
     trim = _malloc_trim()
     if trim is None:
         return False
+    start = time.perf_counter()
     trim(0)
+    _seconds += time.perf_counter() - start
     _calls += 1
     return True
 
 
-def memory_release_calls() -> int:
-    r"""How many releases ran in this process (for tests and benchmarks)."""
-    return _calls
+def memory_release_stats() -> Dict[str, float]:
+    r"""How many releases ran in this process and the seconds spent in
+    them (for tests and benchmarks)."""
+    return {'calls': _calls, 'seconds': _seconds}
