@@ -245,7 +245,7 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
     r"""The markdown tables of everything in :obj:`results`: ours per scale
     and depth, then the GATConv stack beside ours on its smaller graph."""
     runs = {_parse(k): v for k, v in results.items() if not k.startswith('graph|')}
-    lines = [f'torch {torch.__version__}, {torch.get_num_threads()} threads; '
+    lines = [f'torch {torch.__version__}; '
              f'RevGAT(FusedGATConv), hidden {HIDDEN}, {HEADS} heads; one fresh '
              f'process per cell; peak = VmHWM of the whole process (includes the '
              f'loaded graph, features and model); growth = peak minus RSS after '
@@ -256,16 +256,17 @@ def render(results: Dict[str, Dict[str, Any]]) -> str:
                      f"{g['directed_edges']:,} directed edges, degree mean "
                      f"{g['mean']:.1f} / median {g['median']:.0f} / max {g['max']:.0f}, "
                      f"{g['isolated']:,} isolated nodes.  ")
-    lines += ['', '| scale | depth | train peak GiB | train growth GiB | train s '
-              '| infer peak GiB | infer growth GiB | infer s | train peak / depth-1 train peak |',
-              '|---' * 9 + '|']
+    lines += ['', '| scale | depth | threads | train peak GiB | train growth GiB | train s '
+              '| infer peak GiB | infer growth GiB | infer s | train peak / shallowest train peak |',
+              '|---' * 10 + '|']
     ours = sorted({(s, d) for (m, s, d, _) in runs if m == 'ours'})
     for scale, depth in ours:
         train = runs.get(('ours', scale, depth, 'train'), {})
         infer = runs.get(('ours', scale, depth, 'infer'), {})
         first = runs.get(('ours', scale, min(d for s, d in ours if s == scale), 'train'), {})
         lines.append('| ' + ' | '.join([
-            f'{scale:g}', str(depth), _cell(train, 'peak_gib', '{:.2f}'),
+            f'{scale:g}', str(depth), str(train.get('threads', infer.get('threads', '-'))),
+            _cell(train, 'peak_gib', '{:.2f}'),
             _cell(train, 'growth_gib', '{:.2f}'), _cell(train, 'seconds', '{:.1f}'),
             _cell(infer, 'peak_gib', '{:.2f}'), _cell(infer, 'growth_gib', '{:.2f}'),
             _cell(infer, 'seconds', '{:.1f}'), _ratio(train, first, 'peak_gib')]) + ' |')

@@ -56,7 +56,7 @@ def test_table_with_the_gatconv_baseline(bench):
                'gatconv|0.01|4|train': {**run, 'growth_gib': 5.0},
                'ours|1|16|infer': {'error': 'exit code -9 (out of memory?)'}}
     text = bench.render(results)
-    assert '| 0.01 | 4 | 2.20 | 1.00 | 3.0 | - | - | - | 1.10 |' in text
+    assert '| 0.01 | 4 | - | 2.20 | 1.00 | 3.0 | - | - | - | 1.10 |' in text
     assert '| 0.01 | 4 | 5.00 | 1.00 | 5.00 | 3.0 | 3.0 | 500 |' in text
     assert 'out of memory' in text
 
