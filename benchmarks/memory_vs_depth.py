@@ -188,6 +188,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--malloc-mmap-threshold', action='store_true',
                         help='analysis only: MALLOC_MMAP_THRESHOLD_=131072 in '
                              'every measuring process')
+    parser.add_argument('--results', default=None,
+                        help='JSON file that accumulates results across invocations')
+    parser.add_argument('--render-only', action='store_true',
+                        help='only print (and write) the table of --results')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is None:
@@ -220,15 +224,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
         raise SystemExit(f'--device {args.device}: CUDA is not available')
     env = MMAP_THRESHOLD_ENV if args.malloc_mmap_threshold else {}
 
-    results: Dict[tuple, Dict[str, Any]] = {}
+    results = load_results(args.results)
     # Configurations run in the order of --depths (e.g. 1 4 64 16 gets the
     # extremes first); the table is rewritten after each one, rows sorted.
-    configs = [(m, d) for d in args.depths for m in args.methods]
+    configs = [] if args.render_only else [(m, d) for d in args.depths
+                                           for m in args.methods]
     for method, depth in tqdm(configs, desc='configurations'):
         # Skip what cannot fit: extrapolate linearly from the measured depths.
         prev = sorted((d, r['peak_mb']) for (m, d), r in results.items()
                       if m == method and 'peak_mb' in r)
-        if prev and not cuda:
+        if len(prev) >= 2 and not cuda:
             predicted = predict_mb(prev, depth)
             if predicted > 0.8 * available_mb():
                 results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
@@ -248,11 +253,26 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
             if cuda:
                 torch.cuda.empty_cache()
         write(render(results, args, env), args.markdown)
+        save_results(results, args.results)
 
     table = render(results, args, env)
     print(table)
     write(table, args.markdown)
     return results
+
+
+def load_results(path: Optional[str]) -> Dict[tuple, Dict[str, Any]]:
+    if not path or not osp.exists(path):
+        return {}
+    with open(path) as f:
+        stored = json.load(f)
+    return {(k.split('|')[0], int(k.split('|')[1])): v for k, v in stored.items()}
+
+
+def save_results(results: Dict[tuple, Dict[str, Any]], path: Optional[str]) -> None:
+    if path:
+        with open(path, 'w') as f:
+            json.dump({f'{m}|{d}': r for (m, d), r in results.items()}, f, indent=1)
 
 
 def write(table: str, path: Optional[str]) -> None:
@@ -262,11 +282,8 @@ def write(table: str, path: Optional[str]) -> None:
 
 
 def predict_mb(prev: List[tuple], depth: int) -> float:
-    r"""Peak memory at :obj:`depth` extrapolated linearly from (depth, MB)
-    points: through the two deepest ones, or proportionally from one."""
-    if len(prev) == 1:
-        (d, mb), = prev
-        return mb * depth / d
+    r"""Peak memory at :obj:`depth` extrapolated linearly through the two
+    deepest of at least two (depth, MB) points."""
     (d0, mb0), (d1, mb1) = prev[-2:]
     slope = max((mb1 - mb0) / (d1 - d0), 0.0)
     return mb1 + slope * (depth - d1)

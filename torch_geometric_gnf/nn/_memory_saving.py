@@ -73,6 +73,8 @@ def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
     grads = _grad([out_, log_det], [grad_out, grad_log_det], inputs)
     grad_known = grads.pop(0) if need_known else None
     grad_rebuilt = grads.pop(0) if need_rebuilt else None
+    del s, t, out_, log_det
+    release_freed_memory(rebuilt)  # the recomputation's transients
     return rebuilt, grad_known, grad_rebuilt, grads
 
 
@@ -148,7 +150,6 @@ class ReversibleFunction(torch.autograd.Function):
         if ctx.predecessor is not None:  # hand the rebuilt input back (kept
             # linked so that a retained graph can be backpropagated again)
             ctx.predecessor.output = block._merge(x0, x1)
-        release_freed_memory(y)  # the recomputation's transients
         num_args = len(grad_args)
         return (None, None, None, grad_x, *grads[:num_args], *grads[num_args:])
 
