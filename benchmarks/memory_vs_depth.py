@@ -8,37 +8,73 @@ One forward + backward pass on a random graph (default 50,000 nodes,
 * ``ours``     - ``ReversibleMessagePassing`` with ``GATConv(32, 8, heads=4)`` as
   both F and G (the same two convs per layer as ``groupaddrev``);
 * ``fused``    - ``ReversibleMessagePassing`` with ``FusedGATConv(32, 8, heads=4)``
-  as F and G (the same weights' shapes; fused attention kernel).
+  as F and G (the same weights' shapes; fused attention kernel);
+* ``ours_off`` / ``fused_off`` (not run by default) - ``ours`` / ``fused``
+  with the library's memory release turned off (``GNF_MEMORY_RELEASE=0``).
 
-Every configuration runs in a fresh process; peak memory is the growth of
-peak RSS (``VmHWM``: ``ru_maxrss`` of the process itself) over the step
-(CPU) or ``torch.cuda.max_memory_allocated``
-(CUDA).  Time is the mean of ``--repeats`` steps after a warm-up step, in a
-separate fresh process that keeps glibc's default allocator settings.
+CPU: every configuration runs in a fresh process started from this script
+(``python memory_vs_depth.py --child ...``) in the default environment
+(glibc's default ``malloc``, no ``MALLOC_*`` variables).  The PyG baselines'
+processes never import ``torch_geometric_gnf``: they run as PyG's users run
+them.  Peak memory is the growth of peak RSS (``VmHWM``) over the first full
+step; then ``--repeats`` more steps are timed.  For ``ours`` and ``fused``
+the timed steps alternate between the memory release on and off in the same
+process (side by side, so machine load hits both alike): the table's
+``s`` column is with the release, ``s (no release)`` without.
+``--malloc-mmap-threshold`` sets ``MALLOC_MMAP_THRESHOLD_=131072`` for every
+process (analysis only: it makes RSS track the live peak, but slows large
+steps down).
+
+CUDA: all configurations run in this process (the peak is
+``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats``,
+independent of what else the process did), one timed step by default.
 
     python benchmarks/memory_vs_depth.py [--nodes 50000 --edges 500000]
         [--depths 1 4 16 64] [--methods gatconv groupaddrev ours fused]
         [--device cpu] [--markdown out.md]
 """
 import argparse
+import importlib.util
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
-from torch_geometric_gnf.utils import run_in_fresh_process
-from torch_geometric_gnf.utils.profiling import LIVE_PEAK_MALLOC_ENV
+# No module-level import of torch_geometric_gnf: the PyG baselines' child
+# processes must not load it (nor its extension and memory release).
 
 METHODS = ('gatconv', 'groupaddrev', 'ours', 'fused')
+EXTRA_METHODS = ('ours_off', 'fused_off')
 COLUMNS = {'gatconv': 'GATConv', 'groupaddrev': 'GroupAddRev', 'ours': 'ours',
-           'fused': 'ours+FusedGATConv'}
+           'fused': 'ours+FusedGATConv', 'ours_off': 'ours (no release)',
+           'fused_off': 'ours+FusedGATConv (no release)'}
+OURS = ('ours', 'fused', 'ours_off', 'fused_off')
+MMAP_THRESHOLD_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
+RELEASE_OFF_ENV = {'GNF_MEMORY_RELEASE': '0'}
+
+
+def _profiling():
+    r"""``torch_geometric_gnf/utils/profiling.py`` loaded from its file (it
+    needs only torch), so measuring does not import the package."""
+    path = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'torch_geometric_gnf',
+                    'utils', 'profiling.py')
+    if not osp.exists(path):  # an installed package: import it normally
+        from torch_geometric_gnf.utils import profiling
+        return profiling
+    spec = importlib.util.spec_from_file_location('_gnf_profiling', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.Module:
     from torch_geometric.nn import GATConv, GroupAddRev
-
-    from torch_geometric_gnf.nn import FusedGATConv, ReversibleMessagePassing
 
     half = channels // 2
     if method == 'gatconv':
@@ -46,13 +82,11 @@ def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.
     elif method == 'groupaddrev':
         layers = [GroupAddRev(GATConv(half, half // heads, heads=heads), num_groups=2)
                   for _ in range(depth)]
-    elif method == 'ours':
-        layers = [ReversibleMessagePassing(GATConv(half, half // heads, heads=heads),
-                                           GATConv(half, half // heads, heads=heads))
-                  for _ in range(depth)]
-    elif method == 'fused':
-        layers = [ReversibleMessagePassing(FusedGATConv(half, half // heads, heads=heads),
-                                           FusedGATConv(half, half // heads, heads=heads))
+    elif method in OURS:
+        from torch_geometric_gnf.nn import FusedGATConv, ReversibleMessagePassing
+        conv = FusedGATConv if method.startswith('fused') else GATConv
+        layers = [ReversibleMessagePassing(conv(half, half // heads, heads=heads),
+                                           conv(half, half // heads, heads=heads))
                   for _ in range(depth)]
     else:
         raise ValueError(method)
@@ -70,39 +104,63 @@ def forward(method: str, layers: torch.nn.ModuleList, x: torch.Tensor,
 
 def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
             heads: int, repeats: int, device: str, seed: int = 0) -> Dict[str, Any]:
-    r"""Runs in a fresh process: builds the graph and model, then measures
-    the peak memory of one training step (:obj:`repeats=0`) or the mean time
-    of :obj:`repeats` steps after a warm-up step."""
-    from torch_geometric_gnf.utils import memory_baseline, step_memory_bytes
-
+    r"""Builds the graph and model, measures the peak memory of one training
+    step, then the mean time of :obj:`repeats` further steps (for our
+    methods, alternating with the memory release on and off)."""
+    profiling = _profiling()
     torch.manual_seed(seed)
     dev = torch.device(device)
     edge_index = torch.randint(0, nodes, (2, edges), device=dev)
     x = torch.randn(nodes, channels, device=dev)
     model = build_model(method, depth, channels, heads).to(dev)
 
-    def step(x, edge_index):
+    def step(x, edge_index) -> float:
+        start = time.perf_counter()
         out = forward(method, model, x, edge_index)
         out.pow(2).mean().backward()
         for p in model.parameters():
             p.grad = None
         if dev.type == 'cuda':
             torch.cuda.synchronize(dev)
-
-    if repeats > 0:
-        step(x, edge_index)  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            step(x, edge_index)
-        return {'seconds': (time.perf_counter() - start) / repeats}
+        return time.perf_counter() - start
 
     # Warm up on a tiny graph first: the first step also pages in libtorch's
     # kernels and thread pools, a constant that is not activation memory.
     step(torch.randn(64, channels, device=dev),
          torch.randint(0, 64, (2, 256), device=dev))
-    base = memory_baseline(dev)
-    step(x, edge_index)
-    return {'peak_mb': step_memory_bytes(dev, base) / 2**20}
+    base = profiling.memory_baseline(dev)
+    first = step(x, edge_index)
+    result = {'peak_mb': profiling.step_memory_bytes(dev, base) / 2**20,
+              'first_seconds': first,
+              'imports_gnf': 'torch_geometric_gnf' in sys.modules}
+    if repeats > 0 and method in ('ours', 'fused'):
+        from torch_geometric_gnf.utils import memory_release
+        from torch_geometric_gnf.utils.memory import memory_release_stats
+        on, off = [], []
+        before = memory_release_stats()
+        for _ in range(repeats):
+            with memory_release(False):
+                off.append(step(x, edge_index))
+            with memory_release(True):
+                on.append(step(x, edge_index))
+        after = memory_release_stats()
+        result.update(seconds=sum(on) / repeats, seconds_no_release=sum(off) / repeats,
+                      releases_per_step=(after['calls'] - before['calls']) / repeats,
+                      release_ms_per_step=1e3 * (after['seconds'] - before['seconds']) / repeats)
+    elif repeats > 0:
+        result['seconds'] = sum(step(x, edge_index) for _ in range(repeats)) / repeats
+    return result
+
+
+def measure_in_child(config: Dict[str, Any], env: Dict[str, str]) -> Dict[str, Any]:
+    r"""Runs :func:`measure` in a fresh ``python`` process started from this
+    file (with :obj:`env` added to the environment)."""
+    cmd = [sys.executable, osp.abspath(__file__), '--child', json.dumps(config)]
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [''])[-1]
+        raise RuntimeError(f'exit code {proc.returncode} (out of memory?): {last}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def available_mb() -> float:
@@ -113,7 +171,7 @@ def available_mb() -> float:
     return float('inf')
 
 
-def main(argv: List[str] = None) -> List[Dict[str, Any]]:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -122,115 +180,179 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     parser.add_argument('--channels', type=int, default=64)
     parser.add_argument('--heads', type=int, default=4)
     parser.add_argument('--depths', type=int, nargs='+', default=[1, 4, 16, 64])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
-    parser.add_argument('--repeats', type=int, default=3,
-                        help='timed steps per configuration; 0: memory only')
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        choices=METHODS + EXTRA_METHODS)
+    parser.add_argument('--repeats', type=int, default=None,
+                        help='timed steps per configuration after the measured '
+                             'one (default: 2 on CPU, 1 on CUDA); 0: memory only')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--markdown', default=None, help='also write the table here')
-    parser.add_argument('--malloc-default', action='store_true',
-                        help="keep glibc's adaptive mmap threshold (see below)")
+    parser.add_argument('--malloc-mmap-threshold', action='store_true',
+                        help='analysis only: MALLOC_MMAP_THRESHOLD_=131072 in '
+                             'every measuring process')
+    parser.add_argument('--results', default=None,
+                        help='JSON file that accumulates results across invocations')
+    parser.add_argument('--render-only', action='store_true',
+                        help='only print (and write) the table of --results')
+    parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    # Memory runs fix glibc's mmap threshold (see LIVE_PEAK_MALLOC_ENV);
-    # timing runs keep glibc's default (fewer page faults, real speed).
-    memory_env = {} if args.malloc_default else LIVE_PEAK_MALLOC_ENV
+    if args.child is None:
+        if min(args.depths) < 1 or args.nodes < 1 or args.edges < 1:
+            parser.error('--depths, --nodes and --edges must be positive')
+        if args.channels % (2 * args.heads) != 0:
+            parser.error(f'--channels ({args.channels}) must be divisible by '
+                         f'2 * --heads ({2 * args.heads})')
+        try:
+            args.device = str(torch.device(args.device))
+        except RuntimeError as e:
+            parser.error(f'--device: {e}')
+        is_cuda = args.device.startswith('cuda')
+        if args.device != 'cpu' and not is_cuda:
+            parser.error(f"--device must be 'cpu' or 'cuda[:N]' (got {args.device})")
+        if is_cuda and args.malloc_mmap_threshold:
+            parser.error('--malloc-mmap-threshold is a CPU (glibc) setting')
+        if args.repeats is None:
+            args.repeats = 1 if is_cuda else 2
+    return args
 
-    results: Dict[tuple, Dict[str, Any]] = {}
+
+def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
+    args = parse_args(argv)
+    if args.child is not None:  # a measuring process: print one JSON line
+        print(json.dumps(measure(**json.loads(args.child))))
+        return {}
+    cuda = args.device.startswith('cuda')
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f'--device {args.device}: CUDA is not available')
+    env = MMAP_THRESHOLD_ENV if args.malloc_mmap_threshold else {}
+
+    results = load_results(args.results)
     # Configurations run in the order of --depths (e.g. 1 4 64 16 gets the
     # extremes first); the table is rewritten after each one, rows sorted.
-    configs = [(m, d) for d in args.depths for m in args.methods]
+    configs = [] if args.render_only else [(m, d) for d in args.depths
+                                           for m in args.methods]
     for method, depth in tqdm(configs, desc='configurations'):
         # Skip what cannot fit: extrapolate linearly from the measured depths.
         prev = sorted((d, r['peak_mb']) for (m, d), r in results.items()
                       if m == method and 'peak_mb' in r)
-        if prev and args.device == 'cpu':
+        if len(prev) >= 2 and not cuda:
             predicted = predict_mb(prev, depth)
             if predicted > 0.8 * available_mb():
                 results[(method, depth)] = {'skipped': f'~{predicted / 1024:.0f} GB predicted'}
                 continue
-        common = dict(method=method, depth=depth, nodes=args.nodes,
-                      edges=args.edges, channels=args.channels, heads=args.heads,
-                      device=args.device)
+        config = dict(method=method, depth=depth, nodes=args.nodes, edges=args.edges,
+                      channels=args.channels, heads=args.heads, device=args.device,
+                      repeats=0 if method in EXTRA_METHODS else args.repeats)
         try:
-            result = run_in_fresh_process(measure, env=memory_env, repeats=0,
-                                          **common)
-            if args.repeats > 0:
-                result.update(run_in_fresh_process(measure, repeats=args.repeats,
-                                                   **common))
-            results[(method, depth)] = result
-        except RuntimeError as e:
-            results[(method, depth)] = {'skipped': str(e).split(':')[-1].strip()[:40]}
-        table = render(results, args, memory_env)
-        if args.markdown:
-            with open(args.markdown, 'w') as f:
-                f.write(table + '\n')
+            if cuda:  # in-process: the CUDA peak counter is reset per config
+                results[(method, depth)] = measure(**config)
+                torch.cuda.empty_cache()
+            else:
+                extra = RELEASE_OFF_ENV if method in EXTRA_METHODS else {}
+                results[(method, depth)] = measure_in_child(config, {**env, **extra})
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            results[(method, depth)] = {'skipped': str(e).split(':')[0].strip()[:40]}
+            if cuda:
+                torch.cuda.empty_cache()
+        write(render(results, args, env), args.markdown)
+        save_results(results, args.results)
 
-    table = render(results, args, memory_env)
+    table = render(results, args, env)
     print(table)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
+    write(table, args.markdown)
+    return results
+
+
+def load_results(path: Optional[str]) -> Dict[tuple, Dict[str, Any]]:
+    if not path or not osp.exists(path):
+        return {}
+    with open(path) as f:
+        stored = json.load(f)
+    return {(k.split('|')[0], int(k.split('|')[1])): v for k, v in stored.items()}
+
+
+def save_results(results: Dict[tuple, Dict[str, Any]], path: Optional[str]) -> None:
+    if path:
+        with open(path, 'w') as f:
+            json.dump({f'{m}|{d}': r for (m, d), r in results.items()}, f, indent=1)
+
+
+def write(table: str, path: Optional[str]) -> None:
+    if path:
+        with open(path, 'w') as f:
             f.write(table + '\n')
-    return list(results.values())
 
 
 def predict_mb(prev: List[tuple], depth: int) -> float:
-    r"""Peak memory at :obj:`depth` extrapolated linearly from (depth, MB)
-    points: through the two deepest ones, or proportionally from one."""
-    if len(prev) == 1:
-        (d, mb), = prev
-        return mb * depth / d
+    r"""Peak memory at :obj:`depth` extrapolated linearly through the two
+    deepest of at least two (depth, MB) points."""
     (d0, mb0), (d1, mb1) = prev[-2:]
     slope = max((mb1 - mb0) / (d1 - d0), 0.0)
     return mb1 + slope * (depth - d1)
 
 
 def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
-           memory_env: Dict[str, str]) -> str:
+           env: Dict[str, str]) -> str:
     r"""The markdown table of everything measured so far (rows by depth)."""
     depths = sorted(set(args.depths))
-    malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')
+    methods = [m for m in METHODS + EXTRA_METHODS if m in args.methods]
+    timed = [m for m in methods if m not in EXTRA_METHODS and args.repeats > 0]
+    released = [m for m in ('ours', 'fused') if m in timed]
+    if args.device.startswith('cuda'):
+        how = 'torch.cuda.max_memory_allocated, all configurations in one process'
+    else:
+        how = ('peak RSS growth (VmHWM), a fresh process per configuration; '
+               'MALLOC_MMAP_THRESHOLD_=' + env.get('MALLOC_MMAP_THRESHOLD_', "unset (glibc's default malloc)"))
     lines = [f'Device: {args.device}, {torch.get_num_threads()} threads, torch '
              f'{torch.__version__}; graph: {args.nodes:,} nodes, {args.edges:,} '
-             f'edges, {args.channels} channels, GAT heads={args.heads}; memory '
-             f'runs: MALLOC_MMAP_THRESHOLD_={malloc}; time: ' +
-             (f'mean of {args.repeats} step(s) after a warm-up step, separate process.'
-              if args.repeats > 0 else 'not measured.'), '',
-             '| depth | ' + ' | '.join(f'{COLUMNS[m]} MB' for m in METHODS) + ' | '
-             + ' | '.join(f'{COLUMNS[m]} s' for m in METHODS) +
-             ' | ours/GroupAddRev mem | ours/GroupAddRev time | ours/GATConv mem '
-             '| fused/GroupAddRev mem | fused/GroupAddRev time | fused/ours mem |',
-             '|---' * (1 + 2 * len(METHODS) + 6) + '|']
+             f'edges, {args.channels} channels, GAT heads={args.heads}; memory: '
+             f'{how}; time: ' +
+             (f'mean of {args.repeats} step(s) after the measured step, same process'
+              + ('; ours: release on and off alternating' if released else '') + '.'
+              if args.repeats > 0 else 'not measured.'), '']
+    ratios = [(a, b, key, f'{a}/{b} {"mem" if key == "peak_mb" else "time"}')
+              for a in ('ours', 'fused') if a in methods
+              for b, key in (('groupaddrev', 'peak_mb'), ('groupaddrev', 'seconds'),
+                             ('gatconv', 'peak_mb'))
+              if b in methods and (key == 'peak_mb' or b in timed)]
+    header = ([f'{COLUMNS[m]} MB' for m in methods] + [f'{COLUMNS[m]} s' for m in timed]
+              + [f'{COLUMNS[m]} s (no release)' for m in released]
+              + [name for *_, name in ratios]
+              + [f'{m} time release on/off' for m in released]
+              + [f'{m} ms in malloc_trim per step' for m in released])
+    lines += ['| depth | ' + ' | '.join(header) + ' |', '|---' * (1 + len(header)) + '|']
 
     def cell(method, depth, key, fmt):
         r = results.get((method, depth), {})
         return fmt.format(r[key]) if key in r else r.get('skipped', '-')
 
-    def ratio(a, b, depth, key):
+    def ratio(a, b, depth, key_a, key_b=None):
         ra, rb = results.get((a, depth), {}), results.get((b, depth), {})
-        return f'{ra[key] / rb[key]:.2f}' if key in ra and key in rb and rb[key] > 0 else '-'
+        key_b = key_b or key_a
+        ok = key_a in ra and key_b in rb and rb[key_b] > 0
+        return f'{ra[key_a] / rb[key_b]:.2f}' if ok else '-'
 
     for d in depths:
         lines.append('| ' + ' | '.join([
             str(d),
-            *(cell(m, d, 'peak_mb', '{:.0f}') for m in METHODS),
-            *(cell(m, d, 'seconds', '{:.2f}') for m in METHODS),
-            ratio('ours', 'groupaddrev', d, 'peak_mb'),
-            ratio('ours', 'groupaddrev', d, 'seconds'),
-            ratio('ours', 'gatconv', d, 'peak_mb'),
-            ratio('fused', 'groupaddrev', d, 'peak_mb'),
-            ratio('fused', 'groupaddrev', d, 'seconds'),
-            ratio('fused', 'ours', d, 'peak_mb'),
+            *(cell(m, d, 'peak_mb', '{:.0f}') for m in methods),
+            *(cell(m, d, 'seconds', '{:.2f}') for m in timed),
+            *(cell(m, d, 'seconds_no_release', '{:.2f}') for m in released),
+            *(ratio(a, b, d, key) for a, b, key, _ in ratios),
+            *(ratio(m, m, d, 'seconds', 'seconds_no_release') for m in released),
+            *(cell(m, d, 'release_ms_per_step', '{:.1f}') for m in released),
         ]) + ' |')
     lo, hi = min(depths), max(depths)
     notes = []
-    for method in ('ours', 'fused'):
+    for method in methods:
         r_lo, r_hi = results.get((method, lo), {}), results.get((method, hi), {})
-        if 'peak_mb' in r_lo and 'peak_mb' in r_hi:
+        if method in OURS and 'peak_mb' in r_lo and 'peak_mb' in r_hi and hi > lo:
             notes.append(f'{COLUMNS[method]} depth {hi} / depth {lo} peak memory: '
                          f'{r_hi["peak_mb"] / r_lo["peak_mb"]:.2f}')
-    fused_hi, rev_hi = results.get(('fused', hi), {}), results.get(('groupaddrev', hi), {})
-    if 'peak_mb' in fused_hi and 'peak_mb' in rev_hi:
-        notes.append(f'{COLUMNS["fused"]} at depth {hi} / GroupAddRev(GATConv) at depth '
-                     f'{hi} peak memory: {fused_hi["peak_mb"] / rev_hi["peak_mb"]:.2f}')
+    baseline_imports = [m for (m, _), r in results.items()
+                        if m in ('gatconv', 'groupaddrev') and r.get('imports_gnf')]
+    if baseline_imports and not args.device.startswith('cuda'):
+        notes.append('warning: a PyG baseline process imported torch_geometric_gnf')
     if notes:
         lines += [''] + [note + '  ' for note in notes]
     return '\n'.join(lines)

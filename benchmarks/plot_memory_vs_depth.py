@@ -28,7 +28,8 @@ def read_table(path: str) -> Tuple[str, Dict[str, List[Tuple[int, float, float]]
     skipped or unmeasured cells are :obj:`None`."""
     with open(path) as f:
         lines = [line.strip() for line in f if line.strip()]
-    caption = lines[0]
+    # the table's own caption (a results file may put notes above it)
+    caption = next((line for line in lines if line.startswith('Device:')), lines[0])
     header: List[str] = []
     series: Dict[str, List[Tuple[int, float, float]]] = {v: [] for v in LABELS.values()}
     for line in lines:

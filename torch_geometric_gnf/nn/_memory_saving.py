@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from torch_geometric_gnf.utils.memory import release_freed_memory
 from torch_geometric_gnf.utils.rng import RngState
 from torch_geometric_gnf.utils.rng import forked_rng as _forked_rng
 
@@ -72,6 +73,8 @@ def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
     grads = _grad([out_, log_det], [grad_out, grad_log_det], inputs)
     grad_known = grads.pop(0) if need_known else None
     grad_rebuilt = grads.pop(0) if need_rebuilt else None
+    del s, t, out_, log_det
+    release_freed_memory(rebuilt)  # the recomputation's transients
     return rebuilt, grad_known, grad_rebuilt, grads
 
 
@@ -89,6 +92,7 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         rng: List[RngState] = []
         y, log_det = block._step(x, call, False, rng)
+        release_freed_memory(y)  # the step's transients (utils.memory)
         ctx.block, ctx.call, ctx.rng = block, call, rng
         ctx.grad_args = inputs[:num_grad_args]
         ctx.params = inputs[num_grad_args:]

@@ -4,6 +4,8 @@ from .checks import (check_batch, check_counts, check_edge_index, check_int,
                      set_input_checks)
 from .graph import (fully_connected_edge_index, graph_order, infer_num_graphs,
                     nodes_per_graph, relabel_edges, restore_order)
+from .memory import (memory_release, memory_release_available,
+                     memory_release_enabled, set_memory_release)
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
 from .training import (load_checkpoint, peak_memory, reset_peak_memory,
@@ -24,6 +26,10 @@ __all__ = [
     'nodes_per_graph',
     'relabel_edges',
     'restore_order',
+    'memory_release',
+    'memory_release_available',
+    'memory_release_enabled',
+    'set_memory_release',
     'memory_baseline',
     'run_in_fresh_process',
     'step_memory_bytes',

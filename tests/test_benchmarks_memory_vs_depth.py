@@ -1,0 +1,63 @@
+r"""benchmarks/memory_vs_depth.py: default environment, PyG baselines in
+processes without our package, the release on/off timing and the CUDA path's
+handling (in-process, no child processes) without a GPU."""
+import os.path as osp
+
+import pytest
+import torch
+
+BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import memory_vs_depth
+    return memory_vs_depth
+
+
+def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
+    monkeypatch.delenv('MALLOC_MMAP_THRESHOLD_', raising=False)
+    md = str(tmp_path / 't.md')
+    results = bench.main(['--nodes', '300', '--edges', '1500', '--depths', '2',
+                          '--methods', 'groupaddrev', 'ours', '--repeats', '1',
+                          '--markdown', md])
+    rev, ours = results[('groupaddrev', 2)], results[('ours', 2)]
+    assert not rev['imports_gnf'] and ours['imports_gnf']  # PyG as its users run it
+    assert rev['seconds'] > 0 and 'seconds_no_release' not in rev
+    assert ours['seconds'] > 0 and ours['seconds_no_release'] > 0
+    text = open(md).read()
+    assert "MALLOC_MMAP_THRESHOLD_=unset (glibc's default malloc)" in text
+    assert 'ours s (no release)' in text and 'ours time release on/off' in text
+
+
+def test_cuda_path_runs_in_process(bench, monkeypatch):
+    calls = []
+
+    def fake_measure(**config):
+        calls.append(config)
+        return {'peak_mb': 10.0 * config['depth'], 'seconds': 0.1, 'first_seconds': 0.2,
+                'imports_gnf': True}
+
+    def no_child(*args, **kwargs):
+        raise AssertionError('the CUDA path must not spawn processes')
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'empty_cache', lambda: None)
+    monkeypatch.setattr(bench, 'measure', fake_measure)
+    monkeypatch.setattr(bench, 'measure_in_child', no_child)
+    results = bench.main(['--device', 'cuda', '--depths', '1', '64',
+                          '--methods', 'groupaddrev', 'fused'])
+    assert len(calls) == 4 and {c['device'] for c in calls} == {'cuda'}
+    assert {c['repeats'] for c in calls} == {1}  # one timed step by default on a GPU
+    assert results[('fused', 64)]['peak_mb'] == 640.0
+
+
+def test_bad_arguments(bench, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    for argv in (['--device', 'tpu'], ['--channels', '30'], ['--depths', '0'],
+                 ['--device', 'cuda', '--malloc-mmap-threshold']):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+    with pytest.raises(SystemExit, match='CUDA is not available'):
+        bench.main(['--device', 'cuda'])
