@@ -42,9 +42,11 @@ MODELS = ('gnn', 'grevnet', 'gat', 'gat_grevnet')
 # the command line overrides these.
 PRESETS: Dict[str, Dict[str, Any]] = {
     'gnn': dict(hidden=64, steps=4, heads=1, lr=0.01, weight_decay=5e-4,
-                dropout=0.5, input_dropout=0.5, attention_dropout=0.0),
+                dropout=0.5, input_dropout=0.5, attention_dropout=0.0,
+                shared_weights=False),
     'gat': dict(hidden=64, steps=8, heads=8, lr=0.005, weight_decay=5e-4,
-                dropout=0.6, input_dropout=0.6, attention_dropout=0.6, gate=False, norm=True),
+                dropout=0.6, input_dropout=0.6, attention_dropout=0.6, gate=False, norm=True,
+                shared_weights=False),
 }
 PRESETS['grevnet'] = PRESETS['gnn']
 PRESETS['gat_grevnet'] = PRESETS['gat']
@@ -56,6 +58,7 @@ def build_model(name: str, in_channels: int, out_channels: int,
         return GRevNet(in_channels, cfg['hidden'], out_channels, cfg['steps'],
                        conv='gcn', dropout=cfg['dropout'],
                        reversible=name == 'grevnet',
+                       shared_weights=cfg['shared_weights'],
                        memory_saving=cfg.get('memory_saving', True))
     if name in ('gat', 'gat_grevnet'):
         return RevGAT(in_channels, cfg['hidden'], out_channels, cfg['steps'],
@@ -63,7 +66,7 @@ def build_model(name: str, in_channels: int, out_channels: int,
                       input_dropout=cfg['input_dropout'],
                       attention_dropout=cfg['attention_dropout'],
                       reversible=name == 'gat_grevnet', gate=cfg['gate'],
-                      norm=cfg['norm'],
+                      norm=cfg['norm'], shared_weights=cfg['shared_weights'],
                       memory_saving=cfg.get('memory_saving', True))
     raise ValueError(f"Unknown model {name!r} (use one of {MODELS})")
 
@@ -135,6 +138,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--norm', type=int, choices=(0, 1), default=None,
                         help='RevGAT: LayerNorm in every step and before the '
                              'output layer (default 1)')
+    parser.add_argument('--shared-weights', action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help='one F and one G applied at every step (weight '
+                             'tying; parameters independent of --steps)')
     parser.add_argument('--no-memory-saving', action='store_true',
                         help='plain autograd through the reversible steps (same '
                              'model and gradients, faster, more memory)')
