@@ -154,3 +154,32 @@ def test_example_norm_and_selection_options(raw_dir):
     assert by_acc['runs'][0]['val_acc'] >= by_loss['runs'][0]['val_acc']
     with pytest.raises(SystemExit):
         example.main(common + ['--select', 'f1'])
+
+
+@pytest.mark.parametrize('model', ['grevnet', 'gat_grevnet'])
+def test_example_shared_weights_flag(raw_dir, model):
+    example = load_example()
+    common = ['--dataset', 'cora', '--model', model, '--seeds', '1', '--epochs',
+              '2', '--raw-dir', raw_dir, '--hidden', '16', '--heads', '2']
+    tied = {steps: example.main(common + ['--steps', str(steps), '--shared-weights'])
+            for steps in (1, 3)}
+    untied = example.main(common + ['--steps', '3', '--no-shared-weights'])
+    assert tied[3]['config']['shared_weights'] is True
+    assert untied['config']['shared_weights'] is False
+    # one F and one G whatever the depth
+    assert tied[1]['parameters'] == tied[3]['parameters'] < untied['parameters']
+
+
+@pytest.mark.skipif(not osp.isfile(osp.join(SHARED, 'data', 'planetoid', 'ind.cora.x')),
+                    reason='shared Planetoid data not available')
+def test_real_cora_short_run_with_shared_weights(tmp_path):
+    md = str(tmp_path / 'rows.md')
+    result = load_example().main([
+        '--dataset', 'Cora', '--model', 'gat_grevnet', '--seeds', '1',
+        '--epochs', '3', '--raw-dir', osp.join(SHARED, 'data', 'planetoid'),
+        '--root', str(tmp_path / 'data'), '--hidden', '16', '--heads', '2',
+        '--steps', '4', '--shared-weights', '--markdown', md])
+    assert result['config']['shared_weights'] is True
+    assert 'shared_weights=True' in open(md).read()
+    run = result['runs'][0]
+    assert math.isfinite(run['val_loss']) and 0.0 <= run['test_acc'] <= 1.0

@@ -8,6 +8,9 @@ from torch_geometric.nn import GraphConv
 from torch_geometric_gnf.datasets import community_node_classification
 from torch_geometric_gnf.models import GRevNet
 
+from conftest import (inverse_round_trip, perturb_parameters, random_graph,
+                      unrolled_additive_steps)
+
 
 @pytest.fixture(scope='module')
 def data():
@@ -122,3 +125,69 @@ def test_feature_dropout_statistics():
     assert torch.equal(feature_dropout(x, 0.3, training=True), y)  # replayable
     with pytest.raises(ValueError, match='dropout'):
         feature_dropout(x, 1.0, training=True)
+
+
+@pytest.mark.parametrize('reversible', [True, False])
+def test_shared_weights_parameter_count_independent_of_depth(data, reversible):
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    tied = GRevNet(16, 8, 3, num_layers=6, reversible=reversible,
+                   shared_weights=True)
+    assert count(tied) == count(GRevNet(16, 8, 3, num_layers=1,
+                                        reversible=reversible))
+    assert count(tied) < count(GRevNet(16, 8, 3, num_layers=6,
+                                       reversible=reversible))
+    assert len(tied.blocks) == 6
+    assert all(block is tied.blocks[0] for block in tied.blocks)
+    assert repr(tied).endswith('shared_weights=True)')
+    assert tied(data.x, data.edge_index).shape == (data.num_nodes, 3)
+
+
+def _unrolled_grevnet(model: GRevNet, x, edge_index):
+    r"""GRevNet's forward with its one shared step unrolled in plain autograd."""
+    from torch_geometric_gnf.models.grevnet import feature_dropout
+    h = model.encoder(feature_dropout(x, model.dropout, model.training))
+    h = unrolled_additive_steps(model.blocks[0], h, edge_index, model.num_layers)
+    h = feature_dropout(F.relu(model.norm(h)), model.dropout, model.training)
+    return model.head(h)
+
+
+@pytest.mark.parametrize('conv,coupling', [('gcn', 'additive'), ('gat', 'affine')])
+def test_shared_weights_gradients_equal_plain_autograd(conv, coupling):
+    torch.manual_seed(0)
+    saving = GRevNet(6, 8, 3, num_layers=4, conv=conv, coupling=coupling,
+                     heads=2, dropout=0.3, attention_dropout=0.3,
+                     shared_weights=True).double()
+    perturb_parameters(saving)
+    plain = copy.deepcopy(saving)
+    plain.blocks[0].memory_saving = False  # one step object: all steps
+    assert not any(block.memory_saving for block in plain.blocks)
+    x = torch.randn(25, 6, dtype=torch.double)
+    y = torch.randint(0, 3, (25, ))
+    ei = random_graph(25, 80)
+    forwards = [saving, plain]
+    if coupling == 'additive':  # plain autograd without the step's code
+        forwards.append(lambda x, ei: _unrolled_grevnet(saving, x, ei))
+    grads = []
+    for forward in forwards:
+        torch.manual_seed(42)  # same dropout masks in every run
+        loss = F.cross_entropy(forward(x, ei), y)
+        params = (forward if isinstance(forward, GRevNet) else saving).parameters()
+        grads.append(torch.autograd.grad(loss, list(params)))
+    for name, *per_run in zip(dict(saving.named_parameters()), *grads):
+        assert per_run[0].abs().sum() > 0, name
+        for other in per_run[1:]:
+            assert torch.allclose(per_run[0], other, atol=1e-8), name
+
+
+@pytest.mark.parametrize('coupling', ['additive', 'affine'])
+def test_shared_weights_inverse_round_trip(coupling):
+    torch.manual_seed(0)
+    model = GRevNet(6, 8, 3, num_layers=5, conv='gat', heads=2,
+                    coupling=coupling, dropout=0.3, attention_dropout=0.3,
+                    shared_weights=True).double().eval()
+    perturb_parameters(model)
+    ei = random_graph(20, 60)
+    h = torch.randn(20, 8, dtype=torch.double)
+    assert torch.allclose(inverse_round_trip(model.blocks, h, ei), h, atol=1e-10)

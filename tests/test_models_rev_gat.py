@@ -11,7 +11,8 @@ from torch_geometric_gnf.models.rev_gat import default_gat_conv
 from torch_geometric_gnf.nn import ReversibleMessagePassing
 from torch_geometric_gnf.utils import run_in_fresh_process
 
-from conftest import random_graph
+from conftest import (inverse_round_trip, perturb_parameters, random_graph,
+                      unrolled_additive_steps)
 
 
 def test_shapes_gradients_and_layout():
@@ -187,3 +188,75 @@ def test_memory_saving_head_keeps_no_activation_copies():
                        memory_saving=saving, conv_cls=GATConv).train()
         counts[saving] = saved_hidden_sized(model, x, edge_index)
     assert counts[True] + 2 <= counts[False], counts
+
+
+def _unrolled_rev_gat(model: RevGAT, x, edge_index):
+    r"""RevGAT's forward with its one shared step unrolled in plain autograd."""
+    from torch_geometric_gnf.models.grevnet import feature_dropout
+    x = feature_dropout(x, model.input_dropout, model.training)
+    h = model.input_conv(x, edge_index)
+    h = unrolled_additive_steps(model.blocks[0], h, edge_index, model.num_layers)
+    return model.output_conv(model._head_activation(h), edge_index)
+
+
+@pytest.mark.parametrize('reversible', [True, False])
+def test_shared_weights_parameter_count_independent_of_depth(reversible):
+    def build(num_layers, shared_weights=False):
+        return RevGAT(10, 16, 3, num_layers=num_layers, heads=2, gate=True,
+                      reversible=reversible, shared_weights=shared_weights)
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    tied = build(8, shared_weights=True)
+    assert count(tied) == count(build(1)) < count(build(8))
+    assert count(build(0, shared_weights=True)) == count(build(0))
+    assert len(tied.blocks) == 8
+    assert all(block is tied.blocks[0] for block in tied.blocks)
+    assert 'shared_weights=True' in repr(tied)
+    assert 'shared_weights' not in repr(build(8))
+    out = tied(torch.randn(12, 10), random_graph(12, 30))
+    assert out.shape == (12, 3)
+
+
+@pytest.mark.parametrize('conv_cls,memory_saving', [(GATConv, True), (None, True),
+                                                    (None, False)])
+def test_shared_weights_gradients_equal_unrolled_autograd(conv_cls, memory_saving):
+    torch.manual_seed(0)
+    model = RevGAT(6, 8, 3, num_layers=4, heads=2, dropout=0.3,
+                   attention_dropout=0.3, input_dropout=0.2, conv_cls=conv_cls,
+                   memory_saving=memory_saving, shared_weights=True).double()
+    perturb_parameters(model)
+    x = torch.randn(25, 6, dtype=torch.double)
+    y = torch.randint(0, 3, (25, ))
+    ei = random_graph(25, 80)
+    params = list(model.parameters())
+    grads = []
+    for forward in (model, lambda x, ei: _unrolled_rev_gat(model, x, ei)):
+        torch.manual_seed(42)  # same dropout masks in both runs
+        loss = F.cross_entropy(forward(x, ei), y)
+        grads.append(torch.autograd.grad(loss, params))
+    for (name, _), a, b in zip(model.named_parameters(), *grads):
+        assert torch.allclose(a, b, atol=1e-8), name
+        assert a.abs().sum() > 0, name
+    # dropout is on: another seed gives other gradients
+    torch.manual_seed(7)
+    other = torch.autograd.grad(F.cross_entropy(model(x, ei), y), params)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads[0], other))
+
+
+def test_shared_weights_inverse_round_trip_and_state_dict():
+    torch.manual_seed(0)
+    model = RevGAT(6, 16, 3, num_layers=5, heads=2, dropout=0.3,
+                   shared_weights=True, conv_cls=GATConv).double().eval()
+    ei = random_graph(20, 60)
+    h = torch.randn(20, 16, dtype=torch.double)
+    assert torch.allclose(inverse_round_trip(model.blocks, h, ei), h, atol=1e-10)
+    # A checkpoint restores the tie: a fresh tied model gives the same output.
+    torch.manual_seed(1)
+    restored = RevGAT(6, 16, 3, num_layers=5, heads=2, dropout=0.3,
+                      shared_weights=True, conv_cls=GATConv).double().eval()
+    restored.load_state_dict(model.state_dict())
+    x = torch.randn(20, 6, dtype=torch.double)
+    assert torch.equal(restored(x, ei), model(x, ei))
+    assert all(block is restored.blocks[0] for block in restored.blocks)

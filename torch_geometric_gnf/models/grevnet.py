@@ -47,6 +47,14 @@ def _conv_factory(conv: Union[str, ConvFactory], heads: int,
                      f"or a factory (in_channels, out_channels) -> Module)")
 
 
+def num_distinct_steps(num_layers: int, shared_weights: bool) -> int:
+    r"""How many step modules a deep model builds: one per layer, or with
+    :obj:`shared_weights=True` one that is listed :obj:`num_layers` times
+    (weight tying: its parameters are counted and updated once and receive
+    the gradient summed over all steps)."""
+    return min(num_layers, 1) if shared_weights else num_layers
+
+
 class MessagePassingStep(torch.nn.Module):
     r"""One pre-activation message passing transform, the :math:`F`/:math:`G`
     of a GRevNet step:
@@ -147,13 +155,21 @@ class GRevNet(torch.nn.Module):
             :math:`\mathbf{H} \mathrel{+}= \mathrm{MessagePassingStep}(\mathbf{H})`
             with a conv on the full width (:obj:`coupling` is then unused).
             (default: :obj:`True`)
+        shared_weights (bool, optional): Tie the steps' weights: one
+            :math:`F` and one :math:`G` (one residual step with
+            :obj:`reversible=False`) applied at every step, the paper's
+            message passing view of :math:`K` applications of one message
+            function.  The parameter count then does not depend on
+            :obj:`num_layers`; each application still draws (and, with
+            memory saving, replays) its own dropout masks.
+            (default: :obj:`False`)
     """
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int, conv: Union[str, ConvFactory] = 'gcn', *,
                  coupling: str = 'additive', heads: int = 1, dropout: float = 0.0,
                  attention_dropout: float = 0.0, norm: bool = True,
                  memory_saving: bool = True, clamp: Optional[float] = 2.0,
-                 reversible: bool = True):
+                 reversible: bool = True, shared_weights: bool = False):
         super().__init__()
         if hidden_channels % 2 != 0:
             raise ValueError(f"'hidden_channels' must be even to split into two "
@@ -166,6 +182,7 @@ class GRevNet(torch.nn.Module):
         self.num_layers = num_layers
         self.dropout = dropout
         self.reversible = reversible
+        self.shared_weights = shared_weights
         half = hidden_channels // 2
         out = half if coupling == 'additive' else 2 * half
         make = _conv_factory(conv, heads, attention_dropout)
@@ -177,15 +194,17 @@ class GRevNet(torch.nn.Module):
                     MessagePassingStep(make(half, out), half, norm, dropout),
                     MessagePassingStep(make(half, out), half, norm, dropout),
                     coupling=coupling, memory_saving=memory_saving, clamp=clamp)
-                for _ in range(num_layers)
+                for _ in range(num_distinct_steps(num_layers, shared_weights))
             ])
         else:
             self.blocks = torch.nn.ModuleList([
                 ResidualStep(MessagePassingStep(
                     make(hidden_channels, hidden_channels), hidden_channels,
                     norm, dropout))
-                for _ in range(num_layers)
+                for _ in range(num_distinct_steps(num_layers, shared_weights))
             ])
+        if shared_weights:  # one module listed num_layers times
+            self.blocks = torch.nn.ModuleList(list(self.blocks) * num_layers)
         self.norm = torch.nn.LayerNorm(hidden_channels) if norm else None
         self.head = torch.nn.Linear(hidden_channels, out_channels)
 
@@ -213,4 +232,5 @@ class GRevNet(torch.nn.Module):
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.hidden_channels}, {self.out_channels}, '
                 f'num_layers={self.num_layers}'
-                + ('' if self.reversible else ', reversible=False') + ')')
+                + ('' if self.reversible else ', reversible=False')
+                + (', shared_weights=True' if self.shared_weights else '') + ')')

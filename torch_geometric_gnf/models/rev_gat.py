@@ -9,7 +9,8 @@ from torch_geometric.nn.inits import reset
 from torch_geometric_gnf.nn import ReversibleMessagePassing
 from torch_geometric_gnf.ops import recompute
 
-from .grevnet import MessagePassingStep, ResidualStep, feature_dropout
+from .grevnet import (MessagePassingStep, ResidualStep, feature_dropout,
+                      num_distinct_steps)
 
 
 def default_gat_conv() -> Callable[..., torch.nn.Module]:
@@ -90,6 +91,13 @@ class RevGAT(torch.nn.Module):
             (ReZero): the model starts as a two-layer GAT (input and output
             layers) and the steps are learnt on top; helps deep stacks on
             small data such as Cora. (default: :obj:`False`)
+        shared_weights (bool, optional): Tie the steps' weights: one
+            :math:`F` and one :math:`G` (one plain step with
+            :obj:`reversible=False`) applied at all :math:`K` steps, as in
+            the paper's "8 steps of MP" with one message function.  The
+            parameter count then does not depend on :obj:`num_layers`;
+            each application draws (and replays) its own dropout masks.
+            (default: :obj:`False`)
     """
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int = 8, heads: int = 4, *, dropout: float = 0.0,
@@ -97,7 +105,8 @@ class RevGAT(torch.nn.Module):
                  edge_dim: Optional[int] = None,
                  conv_cls: Optional[Callable[..., torch.nn.Module]] = None,
                  memory_saving: bool = True, norm: bool = True,
-                 reversible: bool = True, gate: bool = False):
+                 reversible: bool = True, gate: bool = False,
+                 shared_weights: bool = False):
         super().__init__()
         for name, value in (('in_channels', in_channels),
                             ('hidden_channels', hidden_channels),
@@ -125,6 +134,7 @@ class RevGAT(torch.nn.Module):
         self.edge_dim = edge_dim
         self.reversible = reversible
         self.memory_saving = memory_saving
+        self.shared_weights = shared_weights
         conv_cls = default_gat_conv() if conv_cls is None else conv_cls
         self.conv_cls = conv_cls
 
@@ -135,7 +145,7 @@ class RevGAT(torch.nn.Module):
         self.input_conv = gat(in_channels, hidden_channels // heads, heads)
         half = hidden_channels // 2
         steps = []
-        for _ in range(num_layers):
+        for _ in range(num_distinct_steps(num_layers, shared_weights)):
             if reversible:
                 steps.append(ReversibleMessagePassing(
                     MessagePassingStep(gat(half, half // heads, heads), half,
@@ -147,7 +157,8 @@ class RevGAT(torch.nn.Module):
                 steps.append(ResidualStep(MessagePassingStep(
                     gat(hidden_channels, hidden_channels // heads, heads),
                     hidden_channels, norm, dropout, gate)))
-        self.blocks = torch.nn.ModuleList(steps)
+        self.blocks = torch.nn.ModuleList(
+            steps * num_layers if shared_weights else steps)
         self.norm = torch.nn.LayerNorm(hidden_channels) if norm else None
         self.output_conv = gat(hidden_channels, out_channels, 1, concat=False)
 
@@ -193,4 +204,5 @@ class RevGAT(torch.nn.Module):
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.hidden_channels}, {self.out_channels}, '
                 f'num_layers={self.num_layers}, heads={self.heads}, '
-                f'reversible={self.reversible}, conv={self.conv_cls.__name__})')
+                f'reversible={self.reversible}, conv={self.conv_cls.__name__}'
+                + (', shared_weights=True' if self.shared_weights else '') + ')')
