@@ -105,11 +105,12 @@ def random_adjacency(nodes: int, edges: int, device: torch.device,
     :obj:`edges` edges (duplicates merged), as ``torch.sparse_csr``."""
     gen = torch.Generator().manual_seed(seed)
     index = torch.randint(0, nodes, (2, edges), generator=gen)
-    adj = torch.sparse_coo_tensor(index, torch.ones(edges), (nodes, nodes)).coalesce()
+    adj = torch.sparse_coo_tensor(index, torch.ones(edges), (nodes, nodes),
+                                  check_invariants=True).coalesce()
     row = adj.indices()[0]
     deg = torch.zeros(nodes).index_add_(0, row, adj.values()).clamp_(min=1)
     adj = torch.sparse_coo_tensor(adj.indices(), adj.values() / deg[row],
-                                  (nodes, nodes))
+                                  (nodes, nodes), check_invariants=True)
     return adj.to_sparse_csr().to(device)
 
 
