@@ -5,6 +5,7 @@ from .graph_normalizing_flow import GraphNormalizingFlow
 from .invertible_linear import InvertibleLinear
 from .dense_attention import DenseSelfAttention
 from .fused_gat_conv import FusedGATConv
+from .fused_gatv2_conv import FusedGATv2Conv
 from .to_fused import to_fused
 from .convert_to_reversible import ReversibleGATStack, convert_to_reversible
 
@@ -15,6 +16,7 @@ __all__ = [
     'InvertibleLinear',
     'DenseSelfAttention',
     'FusedGATConv',
+    'FusedGATv2Conv',
     'to_fused',
     'convert_to_reversible',
     'ReversibleGATStack',
