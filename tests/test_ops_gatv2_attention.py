@@ -159,10 +159,11 @@ def test_extension_multithreaded_deterministic():
         assert torch.equal(u, v)
 
 
+@needs_ext  # the reference is autograd's, checked against the oracle above
 @pytest.mark.parametrize('edge_dim', [0, 2])
 @pytest.mark.parametrize('dropout', [0.0, 0.4])
 @pytest.mark.parametrize('sizes', [(7, 7), (5, 8)])
-def test_gradcheck(path, edge_dim, dropout, sizes):
+def test_gradcheck(edge_dim, dropout, sizes):
     ei = awkward_graph(*sizes, 20, seed=5)
     csr = build_csr(ei, *sizes)
     inputs = [None if v is None else v.requires_grad_()
@@ -291,10 +292,10 @@ def test_compile_fullgraph_sees_the_op():
 
 @needs_ext
 def test_double_backward_raises_clearly_reference_supports_it(monkeypatch):
-    ei = awkward_graph(6, 6, 15, seed=13)
-    csr = build_csr(ei, 6, 6)
+    ei = awkward_graph(4, 4, 6, seed=13)
+    csr = build_csr(ei, 4, 4)
     inputs = [v.requires_grad_() for v in
-              make_inputs(6, 6, 0, 2, 3, torch.float64, seed=13)[:3]]
+              make_inputs(4, 4, 0, 2, 2, torch.float64, seed=13)[:3]]
     out = fused_gatv2_attention(*inputs, csr)
     g, = torch.autograd.grad(out.pow(2).sum(), inputs[0], create_graph=True)
     with pytest.raises(RuntimeError, match='fused_gatv2_attention: double '

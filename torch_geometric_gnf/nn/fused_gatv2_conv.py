@@ -87,7 +87,7 @@ class FusedGATv2Conv(MessagePassing):
             (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing` (only the
-            defaults :obj:`aggr="add"`, :obj:`flow="source_to_target"`).
+            defaults :obj:`aggr="sum"`, :obj:`flow="source_to_target"`).
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})` or
@@ -119,11 +119,11 @@ class FusedGATv2Conv(MessagePassing):
         residual: bool = False,
         **kwargs,
     ):
-        kwargs.setdefault('aggr', 'add')
         super().__init__(node_dim=0, **kwargs)
-        if self.aggr != 'add' or self.flow != 'source_to_target':
+        # The fused op sums attention-weighted messages into the targets.
+        if self.aggr not in ('add', 'sum') or self.flow != 'source_to_target':
             raise NotImplementedError(
-                f"FusedGATv2Conv supports aggr='add' and flow="
+                f"FusedGATv2Conv supports aggr='sum' and flow="
                 f"'source_to_target' only (got aggr={self.aggr!r}, "
                 f"flow={self.flow!r})")
         if not isinstance(heads, int) or heads < 1:
