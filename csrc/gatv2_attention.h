@@ -10,6 +10,11 @@
 
 namespace gnf {
 
+// The optional tensor made contiguous, or an undefined tensor.
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
 // Shapes, dtypes and devices of the forward inputs, and the index values the
 // kernels read through (rowptr, col, perm; with `backward` also the
 // by-source view), so that no kernel reads out of bounds.

@@ -4,37 +4,16 @@ import torch.nn.functional as F
 from torch_geometric.utils import softmax as pyg_softmax
 
 from torch_geometric_gnf.ops import (build_csr, cached_csr, dropout_keep_mask,
-                                     extension_available,
                                      fused_gatv2_attention,
                                      fused_gatv2_attention_reference,
                                      gatv2_attention_weights)
 from torch_geometric_gnf.utils import set_input_checks
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-needs_ext = pytest.mark.skipif(not extension_available(),
-                               reason='C++ extension unavailable')
-
-
-@pytest.fixture(params=['extension', 'reference'])
-def path(request, monkeypatch):
-    if request.param == 'extension':
-        if not extension_available():
-            pytest.skip('C++ extension unavailable')
-    else:
-        monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
-    return request.param
-
-
-def awkward_graph(num_src, num_dst, num_edges, seed=0, dtype=torch.long):
-    r"""Random (bipartite if sizes differ) graph with isolated source and
-    destination nodes, duplicate edges and self-loops."""
-    gen = torch.Generator().manual_seed(seed)
-    src = torch.randint(0, max(num_src - 1, 1), (num_edges, ), generator=gen)
-    dst = torch.randint(0, max(num_dst - 2, 1), (num_edges, ), generator=gen)
-    ei = torch.stack([src, dst])
-    loops = torch.arange(min(num_src, num_dst, 3)).repeat(2, 1)
-    return torch.cat([ei, ei[:, :5], loops], dim=1).to(dtype)
+# The awkward graphs, the two-path fixture and the comparison helpers of the
+# GAT op's tests.
+from test_ops_gat_attention import (TOL, assert_close_all,  # noqa: F401
+                                    awkward_graph, needs_ext,
+                                    outputs_and_grads, path)
 
 
 def make_inputs(num_src, num_dst, E, H, C, dtype, edge_dim=0, seed=0):
@@ -61,25 +40,6 @@ def oracle(xs, xd, att, ei, ea=None, w=None, slope=0.2, keep=None, p=0.0):
     if keep is not None:
         a = a * keep.to(a.dtype) / (1 - p)
     return torch.zeros_like(xd).index_add(0, dst, a.unsqueeze(-1) * xs[src])
-
-
-def outputs_and_grads(fn, inputs, seed=3):
-    inputs = [None if v is None else v.detach().clone().requires_grad_()
-              for v in inputs]
-    out = fn(*inputs)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                    dtype=out.dtype)
-    used = [v for v in inputs if v is not None]
-    grads = torch.autograd.grad((out * g).sum(), used, allow_unused=True)
-    return [out] + [torch.zeros_like(v) if gr is None else gr
-                    for v, gr in zip(used, grads)]
-
-
-def assert_close_all(a, b, dtype):
-    assert len(a) == len(b)
-    for u, v in zip(a, b):
-        assert not torch.isnan(u).any()
-        torch.testing.assert_close(u, v, atol=TOL[dtype], rtol=TOL[dtype])
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])

@@ -11,16 +11,8 @@ pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and extension_with_cuda()),
     reason='needs a GPU and the extension built with CUDA')
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2,
-       torch.bfloat16: 5e-2}
-
-
-def graph(num_src, num_dst, E, seed=0, dtype=torch.long):
-    gen = torch.Generator().manual_seed(seed)
-    ei = torch.stack([torch.randint(0, num_src - 1, (E, ), generator=gen),
-                      torch.randint(0, num_dst - 2, (E, ), generator=gen)])
-    loops = torch.arange(3).repeat(2, 1)
-    return torch.cat([ei, ei[:, :7], loops], dim=1).to(dtype)
+# The tolerances and the graph of the GAT op's CUDA tests.
+from test_ops_gat_attention_cuda import TOL, graph  # noqa: E402
 
 
 def make_inputs(num_src, num_dst, E, H, C, edge_dim, seed=1):

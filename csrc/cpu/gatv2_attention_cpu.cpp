@@ -289,10 +289,6 @@ V2Inputs<scalar_t> make_inputs(const at::Tensor& x_src,
   return in;
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gatv2_attention_forward_cpu(

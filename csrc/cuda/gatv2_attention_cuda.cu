@@ -26,41 +26,14 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cuda/warp_utils.cuh"
 #include "gatv2_attention.h"
 #include "gatv2_attention_math.h"
 
 namespace gnf {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = 8;
-constexpr int kThreads = kWarpSize * kWarpsPerBlock;
-
-__device__ __forceinline__ float dev_exp(float v) { return ::expf(v); }
-__device__ __forceinline__ double dev_exp(double v) { return ::exp(v); }
-__device__ __forceinline__ float dev_log(float v) { return ::logf(v); }
-__device__ __forceinline__ double dev_log(double v) { return ::log(v); }
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;  // every lane holds the sum
-}
-
-template <typename acc_t>
-struct DropoutArgs {
-  bool active;
-  uint32_t key;
-  uint64_t threshold;
-  acc_t scale;
-};
-
-template <typename acc_t>
-DropoutArgs<acc_t> make_dropout(double p, int64_t seed) {
-  return {p > 0, gat_dropout_key(seed), gat_keep_threshold(p),
-          static_cast<acc_t>(p < 1 ? 1.0 / (1.0 - p) : 0.0)};
-}
+using namespace cuda;  // warp_utils.cuh
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t keep_factor(const DropoutArgs<acc_t>& drop,
@@ -278,15 +251,6 @@ void dispatch_vec(int64_t C, const F& fn) {
     fn(std::integral_constant<int, 2>());
   else
     fn(std::integral_constant<int, 4>());
-}
-
-inline unsigned int num_blocks(int64_t warps) {
-  return static_cast<unsigned int>((warps + kWarpsPerBlock - 1) /
-                                   kWarpsPerBlock);
-}
-
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
 }
 
 template <typename scalar_t>
