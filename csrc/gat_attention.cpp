@@ -16,7 +16,18 @@
 // transient per-edge scratch lives during the call. Dropout is active iff
 // dropout > 0 (the caller passes 0 in eval mode).
 //
-// Autograd is wired in Python (torch_geometric_gnf/ops/gat_attention.py).
+// The forward takes the whole CSR (also the by-source view it does not
+// use), so that the autograd formula registered in Python with
+// torch.library.register_autograd finds everything the backward needs among
+// the forward's inputs, and so that one call validates the whole graph.
+// The CPU kernels validate every index they follow (rowptr monotone from 0
+// to E, col/src_row in range, perm/src_slot permutations, both views
+// consistent) and raise a ValueError otherwise; the CUDA kernels guard every
+// load instead (no device sync), so neither reads out of bounds whatever the
+// Python side checked.
+//
+// Autograd, fake (meta) kernels and opcheck: torch_geometric_gnf/ops/
+// gat_attention.py.
 
 #include <torch/library.h>
 
@@ -31,6 +42,7 @@ TORCH_LIBRARY_FRAGMENT(torch_geometric_gnf, m) {
   m.def(
       "gat_attention_forward(Tensor x, Tensor alpha_src, Tensor alpha_dst, "
       "Tensor? alpha_edge, Tensor rowptr, Tensor col, Tensor perm, "
+      "Tensor src_rowptr, Tensor src_slot, Tensor src_row, "
       "float negative_slope, float dropout, int seed) -> (Tensor, Tensor)");
   m.def(
       "gat_attention_backward(Tensor grad_out, Tensor x, Tensor alpha_src, "

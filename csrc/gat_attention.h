@@ -9,15 +9,41 @@
 
 namespace gnf {
 
-// Shapes/dtypes/devices of the forward inputs. Index *values* are trusted
-// (build_csr validates them); the Python wrapper checks NaN/Inf.
+// Shapes/dtypes/devices of the by-source view (src_rowptr, src_slot,
+// src_row), which forward and backward both take.
+inline void check_gat_attention_source_view(const at::Tensor& x,
+                                            const at::Tensor& col,
+                                            const at::Tensor& src_rowptr,
+                                            const at::Tensor& src_slot,
+                                            const at::Tensor& src_row) {
+  TORCH_CHECK(src_rowptr.dim() == 1 && src_rowptr.size(0) == x.size(0) + 1 &&
+                  src_rowptr.scalar_type() == at::kLong,
+              "gat_attention: src_rowptr must be int64 of length num_src + 1");
+  TORCH_CHECK(src_slot.dim() == 1 && src_slot.size(0) == col.size(0) &&
+                  src_slot.scalar_type() == at::kLong,
+              "gat_attention: src_slot must be int64 of length E");
+  TORCH_CHECK(src_row.dim() == 1 && src_row.size(0) == col.size(0) &&
+                  src_row.scalar_type() == col.scalar_type(),
+              "gat_attention: src_row must have the length and dtype of col");
+  for (const at::Tensor* t : {&src_rowptr, &src_slot, &src_row})
+    TORCH_CHECK(t->device() == x.device(),
+                "gat_attention: graph tensors must be on the device of x");
+}
+
+// Shapes/dtypes/devices of the forward inputs. Index *values* are checked
+// by the CPU kernels (validate_csr in cpu/gat_attention_cpu.cpp) and guarded
+// by the CUDA kernels; the Python wrapper checks NaN/Inf.
 inline void check_gat_attention_inputs(const at::Tensor& x,
                                        const at::Tensor& alpha_src,
                                        const at::Tensor& alpha_dst,
                                        const std::optional<at::Tensor>& alpha_edge,
                                        const at::Tensor& rowptr,
                                        const at::Tensor& col,
-                                       const at::Tensor& perm, double dropout) {
+                                       const at::Tensor& perm,
+                                       const at::Tensor& src_rowptr,
+                                       const at::Tensor& src_slot,
+                                       const at::Tensor& src_row,
+                                       double dropout) {
   TORCH_CHECK(x.dim() == 3, "gat_attention: x must be [num_src, heads, "
               "channels], got ", x.sizes());
   const int64_t num_src = x.size(0), heads = x.size(1);
@@ -67,13 +93,14 @@ inline void check_gat_attention_inputs(const at::Tensor& x,
                 "gat_attention: graph tensors must be on the device of x");
   TORCH_CHECK(dropout >= 0 && dropout <= 1,
               "gat_attention: dropout must lie in [0, 1], got ", dropout);
+  check_gat_attention_source_view(x, col, src_rowptr, src_slot, src_row);
 }
 
-inline void check_gat_attention_backward(
-    const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& x, const at::Tensor& alpha_dst,
-    const at::Tensor& src_rowptr, const at::Tensor& src_slot,
-    const at::Tensor& src_row, const at::Tensor& col) {
+inline void check_gat_attention_backward(const at::Tensor& grad_out,
+                                         const at::Tensor& out,
+                                         const at::Tensor& lse,
+                                         const at::Tensor& x,
+                                         const at::Tensor& alpha_dst) {
   const int64_t num_dst = alpha_dst.size(0);
   TORCH_CHECK(out.dim() == 3 && out.size(0) == num_dst &&
                   out.size(1) == x.size(1) && out.size(2) == x.size(2),
@@ -86,21 +113,6 @@ inline void check_gat_attention_backward(
                   lse.size(1) == x.size(1) &&
                   lse.device() == out.device(),
               "gat_attention_backward: lse must be [num_dst, heads]");
-  TORCH_CHECK(src_rowptr.dim() == 1 && src_rowptr.size(0) == x.size(0) + 1 &&
-                  src_rowptr.scalar_type() == at::kLong,
-              "gat_attention_backward: src_rowptr must be int64 of length "
-              "num_src + 1");
-  TORCH_CHECK(src_slot.dim() == 1 && src_slot.size(0) == col.size(0) &&
-                  src_slot.scalar_type() == at::kLong,
-              "gat_attention_backward: src_slot must be int64 of length E");
-  TORCH_CHECK(src_row.dim() == 1 && src_row.size(0) == col.size(0) &&
-                  src_row.scalar_type() == col.scalar_type(),
-              "gat_attention_backward: src_row must have the length and "
-              "dtype of col");
-  for (const at::Tensor* t : {&src_rowptr, &src_slot, &src_row})
-    TORCH_CHECK(t->device() == x.device(),
-                "gat_attention_backward: graph tensors must be on the device "
-                "of x");
 }
 
 }  // namespace gnf

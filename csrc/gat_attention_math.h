@@ -88,4 +88,20 @@ GNF_HOST_DEVICE inline T gat_grad_raw(T a, T k, T dot_gx, T D, T raw,
   return gat_grad_score(a, k, dot_gx, D) * gat_leaky_relu_grad(raw, slope);
 }
 
+// ---------------------------------------------------------------------------
+// Guarded graph loads (CUDA kernels, which cannot report a bad graph without
+// a device sync): a row's slot range is clamped into [0, E] and a slot whose
+// source j or edge id e is out of range is skipped, so no load or store ever
+// leaves its tensor. The CPU kernels validate the whole graph up front.
+// ---------------------------------------------------------------------------
+GNF_HOST_DEVICE inline int64_t gat_clamp_offset(int64_t v, int64_t lo,
+                                                int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+GNF_HOST_DEVICE inline bool gat_edge_in_range(int64_t j, int64_t e,
+                                              int64_t num_src, int64_t E) {
+  return j >= 0 && j < num_src && e >= 0 && e < E;
+}
+
 }  // namespace gnf

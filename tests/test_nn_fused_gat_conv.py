@@ -327,10 +327,11 @@ def test_reference_and_extension_paths_agree(monkeypatch):
 
 def test_graph_cache_builds_once_and_sees_in_place_edits(monkeypatch):
     import torch_geometric_gnf.nn.fused_gat_conv as module
+    import torch_geometric_gnf.ops.csr as csr_module
     module.clear_graph_cache()
     calls = []
-    build = module.build_csr
-    monkeypatch.setattr(module, 'build_csr',
+    build = csr_module.build_csr
+    monkeypatch.setattr(csr_module, 'build_csr',
                         lambda *a, **k: calls.append(a[0].dtype) or build(*a, **k))
     convs = [FusedGATConv(F_IN, 4, heads=2) for _ in range(3)]
     ei, x = random_graph(), torch.randn(N, F_IN)
@@ -344,7 +345,6 @@ def test_graph_cache_builds_once_and_sees_in_place_edits(monkeypatch):
     for conv, gat in zip(convs, expect):
         assert_close(conv(x, ei), gat(x, ei), 1e-5)
     assert len(calls) == 2
-    from torch_geometric_gnf.ops import csr as csr_module
     assert len(csr_module._cache) == 1  # the stale entry was replaced
     del ei  # entries die with their edge_index
     assert len(csr_module._cache) == 0
@@ -478,6 +478,51 @@ def test_repr_and_reset_parameters():
     for n, p in fused.named_parameters():
         if n != 'bias':
             assert not torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize('edit', ['data', 'numpy', 'from_numpy'])
+def test_graph_cache_sees_writes_the_version_counter_misses(edit):
+    # Issue 26.1: such writes left a stale CSR (outputs off by up to 4.7).
+    gat, fused = make_pair(F_IN, 4, heads=2)
+    x = torch.randn(N, F_IN, dtype=torch.float64)
+    buffer = random_graph().numpy().copy()
+    ei = torch.from_numpy(buffer)
+    assert_close(fused(x, ei), gat(x, ei), TOL[torch.float64])
+    other = random_graph(seed=7).numpy()
+    if edit == 'data':
+        ei.data[:, :10] = torch.from_numpy(other[:, :10])
+    elif edit == 'numpy':
+        ei.numpy()[:, :10] = other[:, :10]
+    else:  # a data loader refilling the buffer it wrapped once
+        buffer[:] = other
+    assert_close(fused(x, ei), gat(x, ei), TOL[torch.float64])
+
+
+@pytest.mark.parametrize('bad', [[[0, 1], [2, N]], [[-1, 1], [2, 3]],
+                                 [[N + 5, 1], [N + 5, 3]]])
+def test_index_bounds_checked_without_input_checks(bad):
+    # Issue 26.2: with the value checks off, a bad index went into the
+    # kernel (out-of-bounds reads, garbage) or hit a bincount error. A
+    # self-loop out of range (third case) is removed before the CSR is built
+    # and must be reported as well.
+    from torch_geometric_gnf.utils import set_input_checks
+    conv = FusedGATConv(F_IN, 4, heads=2)
+    set_input_checks(False)
+    try:
+        with pytest.raises(ValueError, match="'edge_index'.*out-of-range"):
+            conv(torch.randn(N, F_IN), torch.tensor(bad))
+    finally:
+        set_input_checks(True)
+
+
+def test_non_finite_edge_attr_names_edge_attr():
+    # Issue 26 (messages): the error named the internal 'alpha_edge'.
+    conv = FusedGATConv(F_IN, 4, heads=2, edge_dim=3)
+    ei = random_graph()
+    ea = torch.randn(ei.size(1), 3)
+    ea[4, 1] = float('nan')
+    with pytest.raises(ValueError, match="'edge_attr' contains non-finite"):
+        conv(torch.randn(N, F_IN), ei, ea)
 
 
 def test_bad_input():

@@ -312,3 +312,20 @@ def test_torch_sparse_adjacency_input():
     assert_close(g_a, g_b)
     with pytest.raises(ValueError, match='sparse adjacency of size'):
         plain[0](torch.randn(10, 8, dtype=torch.float64), adj_t)
+
+
+def test_second_order_gradients_need_memory_saving_off():
+    # Issue 26.5: create_graph=True through the memory-saving backward gave
+    # results that failed only later (or silently); now it raises at once,
+    # naming the remedy, and memory_saving=False differentiates twice.
+    edge_index = random_graph()
+    x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
+    (block, ) = make_stack('gcn', 8, 1, coupling='affine')
+    with pytest.raises(RuntimeError, match='memory_saving=False'):
+        torch.autograd.grad(block(x, edge_index).pow(2).sum(), x,
+                            create_graph=True)
+    block.memory_saving = False
+    (g, ) = torch.autograd.grad(block(x, edge_index).pow(2).sum(), x,
+                                create_graph=True)
+    (gg, ) = torch.autograd.grad(g.pow(2).sum(), x)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0

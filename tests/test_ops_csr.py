@@ -91,10 +91,16 @@ def test_build_csr_errors():
         build_csr(ei.to_sparse(), 3, 3)
 
 
-def test_range_check_can_be_disabled():
+@pytest.mark.parametrize('bad', [[[0, 5], [1, 1]], [[0, 1], [-1, 1]],
+                                 [[-3, 1], [1, 0]]])
+def test_range_check_stays_on_without_input_checks(bad):
+    # Index bounds are not a value check the switch may turn off: an
+    # out-of-range or negative index would make the kernels read out of
+    # bounds (issue 26.2).
     set_input_checks(False)
-    try:  # no range check (no error); the caller vouches for the indices
-        build_csr(torch.tensor([[0, 1], [1, 1]]), 2, 2)
+    try:
+        with pytest.raises(ValueError, match="'edge_index'.*indices must lie"):
+            build_csr(torch.tensor(bad), 3, 3)
     finally:
         set_input_checks(True)
 
@@ -132,3 +138,58 @@ def test_cached_csr_forgets_freed_tensors():
     for ei in many:
         cached_csr(ei, 5, 5)
     assert len(csr_module._cache) <= csr_module._CACHE_SIZE
+
+
+# --------------------------------------------------------------------------
+# The cache never changes a result (issue 26.1): writes PyTorch's version
+# counter does not see must still rebuild the CSR.
+# --------------------------------------------------------------------------
+def _edit_through_data(ei):
+    ei.data[0, :5] = (ei.data[0, :5].flip(0) + 1) % 8
+
+
+def _edit_through_numpy(ei):
+    ei.numpy()[1, :7] = ei.numpy()[1, :7][::-1] % 6
+
+
+def _refill_numpy_buffer(ei, buffer):
+    buffer[:] = bipartite_graph(8, 8, 20, seed=99).numpy()
+
+
+@pytest.mark.parametrize('edit', ['data', 'numpy', 'from_numpy'])
+def test_cached_csr_sees_untracked_writes(edit):
+    clear_csr_cache()
+    buffer = bipartite_graph(8, 8, 20).numpy().copy()
+    ei = torch.from_numpy(buffer)
+    first = cached_csr(ei, 8, 8)
+    assert cached_csr(ei, 8, 8) is first  # a hit while unchanged
+    version = ei._version
+    if edit == 'data':
+        _edit_through_data(ei)
+    elif edit == 'numpy':
+        _edit_through_numpy(ei)
+    else:
+        _refill_numpy_buffer(ei, buffer)
+    assert ei._version == version  # invisible to the version counter
+    got = cached_csr(ei, 8, 8)
+    fresh = build_csr(ei, 8, 8)
+    for name in ('rowptr', 'col', 'perm', 'src_rowptr', 'src_slot', 'src_row'):
+        assert torch.equal(getattr(got, name), getattr(fresh, name)), name
+
+
+def test_csr_matches_is_exact():
+    from torch_geometric_gnf.ops.csr import csr_matches
+    ei = bipartite_graph(8, 8, 30)
+    csr = build_csr(ei, 8, 8)
+    assert csr_matches(csr, ei)
+    assert csr_matches(csr, ei.int()) and not csr_matches(csr, ei[:, 1:])
+    # swapping two edges of one destination changes the stable order
+    dst = ei[1]
+    i, j = [int(k) for k in torch.nonzero(dst == dst[0]).view(-1)[:2]]
+    swapped = ei.clone()
+    swapped[:, [i, j]] = swapped[:, [j, i]]
+    same = torch.equal(ei[:, i], ei[:, j])
+    assert csr_matches(csr, swapped) == same
+    moved = ei.clone()
+    moved[1, 0] = (int(moved[1, 0]) + 1) % 7
+    assert not csr_matches(csr, moved)

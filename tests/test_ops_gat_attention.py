@@ -10,7 +10,6 @@ from torch_geometric_gnf.ops import (build_csr, dropout_keep_mask,
                                      extension_available, fused_gat_attention,
                                      fused_gat_attention_reference,
                                      gat_attention_weights)
-from torch_geometric_gnf.ops.gat_attention import FusedGATAttentionFunction
 from torch_geometric_gnf.utils import set_input_checks
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -182,7 +181,7 @@ def test_extension_path_is_used():
     x, a_s, a_d, _ = make_inputs(6, 6, ei.size(1), 2, 3, torch.float32)
     x.requires_grad_()
     out = fused_gat_attention(x, a_s, a_d, build_csr(ei, 6, 6))
-    assert 'FusedGATAttention' in type(out.grad_fn).__name__
+    assert 'gat_attention_forward' in type(out.grad_fn).__name__
 
 
 @pytest.mark.skipif(os.environ.get('GNF_EXPECT_EXTENSION') != '1',
@@ -379,8 +378,9 @@ def test_backward_allocates_no_edge_sized_scratch(dtype):
     x, a_s, a_d, _ = make_inputs(N, N, E, H, C, dtype)
     csr = build_csr(ei, N, N)
     for p in (0.0, 0.3):
-        out, lse = ops.gat_attention_forward(x, a_s, a_d, None, csr.rowptr,
-                                             csr.col, csr.perm, 0.2, p, 5)
+        out, lse = ops.gat_attention_forward(
+            x, a_s, a_d, None, csr.rowptr, csr.col, csr.perm,
+            csr.src_rowptr, csr.src_slot, csr_src_row(csr), 0.2, p, 5)
         g = torch.randn(out.shape, generator=gen, dtype=dtype)
         with torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU],
@@ -533,12 +533,16 @@ def test_op_checks_shapes_itself():
     x, a_s, a_d, _ = make_inputs(6, 6, ei.size(1), 2, 3, torch.float32)
     csr = build_csr(ei, 6, 6)
     op = torch.ops.torch_geometric_gnf.gat_attention_forward
+    src = (csr.src_rowptr, csr.src_slot, csr.src_row)
     with pytest.raises(RuntimeError, match='rowptr'):
-        op(x, a_s, a_d, None, csr.rowptr[:-1], csr.col, csr.perm, 0.2, 0.0, 0)
+        op(x, a_s, a_d, None, csr.rowptr[:-1], csr.col, csr.perm, *src, 0.2,
+           0.0, 0)
     with pytest.raises(RuntimeError, match='alpha_src'):
-        op(x, a_s[:3], a_d, None, csr.rowptr, csr.col, csr.perm, 0.2, 0.0, 0)
+        op(x, a_s[:3], a_d, None, csr.rowptr, csr.col, csr.perm, *src, 0.2,
+           0.0, 0)
     with pytest.raises(RuntimeError, match='perm'):
-        op(x, a_s, a_d, None, csr.rowptr, csr.col, csr.perm[:3], 0.2, 0.0, 0)
+        op(x, a_s, a_d, None, csr.rowptr, csr.col, csr.perm[:3], *src, 0.2,
+           0.0, 0)
 
 
 # --------------------------------------------------------------------------

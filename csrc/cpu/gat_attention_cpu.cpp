@@ -253,6 +253,82 @@ void backward_src_kernel(const scalar_t* grad_out, const scalar_t* x,
   });
 }
 
+
+// Validates every index the kernels follow, so that a hand-made or corrupted
+// graph raises a ValueError instead of reading out of bounds (always on; a
+// few O(E + N) passes, small next to the O(E * H * C) kernels):
+//   rowptr / src_rowptr start at 0, never decrease and end at E;
+//   col in [0, num_src); perm and src_slot are permutations of [0, E);
+//   by-source position k of source j points at a slot s = src_slot[k] with
+//   col[s] == j, whose destination i = src_row[k] satisfies
+//   rowptr[i] <= s < rowptr[i + 1] (so both views describe one graph).
+void check_offsets(const int64_t* ptr, int64_t n, int64_t E,
+                   const char* name) {
+  TORCH_CHECK_VALUE(ptr[0] == 0, "gat_attention: invalid CSRGraph: csr.",
+                    name, "[0] must be 0, got ", ptr[0],
+                    " (build graphs with torch_geometric_gnf.ops.build_csr)");
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(ptr[i + 1] >= ptr[i], "gat_attention: invalid "
+                      "CSRGraph: csr.", name, " decreases at position ", i);
+  TORCH_CHECK_VALUE(ptr[n] == E, "gat_attention: invalid CSRGraph: csr.",
+                    name, "[-1] must equal the number of edges ", E, ", got ",
+                    ptr[n]);
+}
+
+void check_permutation(const int64_t* p, int64_t E, const char* name) {
+  std::vector<char> seen(E, 0);
+  for (int64_t s = 0; s < E; ++s) {
+    const int64_t v = p[s];
+    TORCH_CHECK_VALUE(v >= 0 && v < E && !seen[v], "gat_attention: invalid "
+                      "CSRGraph: csr.", name, " must be a permutation of [0, ",
+                      E, "), found ", v, " at position ", s);
+    seen[v] = 1;
+  }
+}
+
+template <typename index_t>
+void validate_csr(const int64_t* rowptr, const index_t* col,
+                  const int64_t* perm, const int64_t* src_rowptr,
+                  const int64_t* src_slot, const index_t* src_row,
+                  int64_t num_src, int64_t num_dst, int64_t E) {
+  check_offsets(rowptr, num_dst, E, "rowptr");
+  check_offsets(src_rowptr, num_src, E, "src_rowptr");
+  for (int64_t s = 0; s < E; ++s) {
+    const int64_t j = static_cast<int64_t>(col[s]);
+    TORCH_CHECK_VALUE(j >= 0 && j < num_src, "gat_attention: invalid "
+                      "CSRGraph: csr.col[", s, "] = ", j, " is not a source "
+                      "node in [0, ", num_src, ")");
+  }
+  check_permutation(perm, E, "perm");
+  check_permutation(src_slot, E, "src_slot");
+  for (int64_t j = 0; j < num_src; ++j) {
+    for (int64_t k = src_rowptr[j]; k < src_rowptr[j + 1]; ++k) {
+      const int64_t s = src_slot[k];
+      const int64_t i = static_cast<int64_t>(src_row[k]);
+      TORCH_CHECK_VALUE(static_cast<int64_t>(col[s]) == j && i >= 0 &&
+                            i < num_dst && rowptr[i] <= s &&
+                            s < rowptr[i + 1],
+                        "gat_attention: invalid CSRGraph: the by-source view "
+                        "(src_rowptr, src_slot, src_row) at position ", k,
+                        " does not match rowptr/col");
+    }
+  }
+}
+
+void validate_csr(const at::Tensor& rowptr, const at::Tensor& col,
+                  const at::Tensor& perm, const at::Tensor& src_rowptr,
+                  const at::Tensor& src_slot, const at::Tensor& src_row,
+                  int64_t num_src, int64_t num_dst) {
+  AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "gat_attention_validate_csr", [&] {
+    validate_csr<index_t>(rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
+                          perm.data_ptr<int64_t>(),
+                          src_rowptr.data_ptr<int64_t>(),
+                          src_slot.data_ptr<int64_t>(),
+                          src_row.data_ptr<index_t>(), num_src, num_dst,
+                          col.size(0));
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cpu(
@@ -260,10 +336,12 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cpu(
     const at::Tensor& alpha_dst_in,
     const std::optional<at::Tensor>& alpha_edge_in,
     const at::Tensor& rowptr_in, const at::Tensor& col_in,
-    const at::Tensor& perm_in, double negative_slope, double dropout,
-    int64_t seed) {
+    const at::Tensor& perm_in, const at::Tensor& src_rowptr_in,
+    const at::Tensor& src_slot_in, const at::Tensor& src_row_in,
+    double negative_slope, double dropout, int64_t seed) {
   check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
-                             rowptr_in, col_in, perm_in, dropout);
+                             rowptr_in, col_in, perm_in, src_rowptr_in,
+                             src_slot_in, src_row_in, dropout);
   TORCH_CHECK(x_in.device().is_cpu(), "gat_attention_forward_cpu: CPU only");
   const auto x = x_in.contiguous();
   const auto alpha_src = alpha_src_in.contiguous();
@@ -271,6 +349,9 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cpu(
   const auto rowptr = rowptr_in.contiguous();
   const auto col = col_in.contiguous();
   const auto perm = perm_in.contiguous();
+  validate_csr(rowptr, col, perm, src_rowptr_in.contiguous(),
+               src_slot_in.contiguous(), src_row_in.contiguous(), x.size(0),
+               alpha_dst.size(0));
   at::Tensor alpha_edge;
   if (alpha_edge_in.has_value()) alpha_edge = alpha_edge_in->contiguous();
   const int64_t num_dst = alpha_dst.size(0), H = x.size(1), C = x.size(2);
@@ -302,10 +383,10 @@ gat_attention_backward_cpu(
     const at::Tensor& src_row_in, double negative_slope, double dropout,
     int64_t seed) {
   check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
-                             rowptr_in, col_in, perm_in, dropout);
+                             rowptr_in, col_in, perm_in, src_rowptr_in,
+                             src_slot_in, src_row_in, dropout);
   check_gat_attention_backward(grad_out_in, out_in, lse_in, x_in,
-                               alpha_dst_in, src_rowptr_in, src_slot_in,
-                               src_row_in, col_in);
+                               alpha_dst_in);
   TORCH_CHECK(x_in.device().is_cpu(), "gat_attention_backward_cpu: CPU only");
   const auto grad_out = grad_out_in.contiguous();
   const auto x = x_in.contiguous();
@@ -319,6 +400,8 @@ gat_attention_backward_cpu(
   const auto src_rowptr = src_rowptr_in.contiguous();
   const auto src_slot = src_slot_in.contiguous();
   const auto src_row = src_row_in.contiguous();
+  validate_csr(rowptr, col, perm, src_rowptr, src_slot, src_row, x.size(0),
+               alpha_dst.size(0));
   at::Tensor alpha_edge;
   if (alpha_edge_in.has_value()) alpha_edge = alpha_edge_in->contiguous();
   const int64_t num_src = x.size(0), num_dst = alpha_dst.size(0);

@@ -55,7 +55,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x,
                                const int64_t* __restrict__ perm,
                                scalar_t* __restrict__ out,
                                scalar_t* __restrict__ lse, int64_t num_dst,
-                               int64_t H, int64_t C,
+                               int64_t num_src, int64_t E, int64_t H,
+                               int64_t C,
                                at::opmath_type<scalar_t> slope,
                                DropoutArgs<at::opmath_type<scalar_t>> drop) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -64,7 +65,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x,
       static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   if (warp >= num_dst * H) return;  // whole warp exits together
   const int64_t i = warp / H, h = warp % H;
-  const int64_t r0 = rowptr[i], r1 = rowptr[i + 1];
+  const int64_t r0 = gat_clamp_offset(rowptr[i], 0, E);
+  const int64_t r1 = gat_clamp_offset(rowptr[i + 1], r0, E);
   scalar_t* out_ih = out + warp * C;
   if (r0 == r1) {  // no incoming edge: exact zero
     for (int64_t c = lane; c < C; c += kWarpSize) out_ih[c] = scalar_t(0);
@@ -73,14 +75,18 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x,
   }
   const acc_t ad = static_cast<acc_t>(a_dst[warp]);
   acc_t m = -static_cast<acc_t>(INFINITY);
-  for (int64_t s = r0 + lane; s < r1; s += kWarpSize)
+  for (int64_t s = r0 + lane; s < r1; s += kWarpSize) {
+    if (!gat_edge_in_range(col[s], perm[s], num_src, E)) continue;
     m = fmax(m, gat_leaky_relu(raw_score(a_src, ad, a_edge, col[s], perm[s],
                                          H, h), slope));
+  }
   m = warp_max(m);
   acc_t l = 0;
-  for (int64_t s = r0 + lane; s < r1; s += kWarpSize)
+  for (int64_t s = r0 + lane; s < r1; s += kWarpSize) {
+    if (!gat_edge_in_range(col[s], perm[s], num_src, E)) continue;
     l += dev_exp(gat_leaky_relu(raw_score(a_src, ad, a_edge, col[s], perm[s],
                                           H, h), slope) - m);
+  }
   l = warp_sum(l);
   const acc_t inv = acc_t(1) / l;
   for (int64_t c0 = 0; c0 < C; c0 += kWarpSize * VEC) {
@@ -90,6 +96,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x,
     for (int64_t s = r0; s < r1; ++s) {  // same score in every lane
       const int64_t j = static_cast<int64_t>(col[s]);
       const int64_t e = perm[s];
+      if (!gat_edge_in_range(j, e, num_src, E)) continue;  // warp-uniform
       acc_t w = dev_exp(gat_leaky_relu(raw_score(a_src, ad, a_edge, col[s], e,
                                                  H, h), slope) - m);
       if (drop.active)
@@ -122,7 +129,8 @@ __global__ void backward_kernel(
     at::opmath_type<scalar_t>* __restrict__ grad_x,
     at::opmath_type<scalar_t>* __restrict__ grad_a_src,
     scalar_t* __restrict__ grad_a_dst, scalar_t* __restrict__ grad_a_edge,
-    int64_t num_dst, int64_t H, int64_t C, at::opmath_type<scalar_t> slope,
+    int64_t num_dst, int64_t num_src, int64_t E, int64_t H, int64_t C,
+    at::opmath_type<scalar_t> slope,
     DropoutArgs<at::opmath_type<scalar_t>> drop) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x % kWarpSize;
@@ -130,7 +138,8 @@ __global__ void backward_kernel(
       static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   if (warp >= num_dst * H) return;
   const int64_t i = warp / H, h = warp % H;
-  const int64_t r0 = rowptr[i], r1 = rowptr[i + 1];
+  const int64_t r0 = gat_clamp_offset(rowptr[i], 0, E);
+  const int64_t r1 = gat_clamp_offset(rowptr[i + 1], r0, E);
   if (r0 == r1) {
     if (lane == 0) grad_a_dst[warp] = scalar_t(0);
     return;
@@ -147,6 +156,7 @@ __global__ void backward_kernel(
   for (int64_t s = r0; s < r1; ++s) {
     const int64_t j = static_cast<int64_t>(col[s]);
     const int64_t e = perm[s];
+    if (!gat_edge_in_range(j, e, num_src, E)) continue;  // warp-uniform
     const acc_t raw = raw_score(a_src, ad, a_edge, col[s], e, H, h);
     const acc_t a = dev_exp(gat_leaky_relu(raw, slope) - l);
     acc_t k = 1;
@@ -183,21 +193,22 @@ void launch_forward(unsigned int blocks, cudaStream_t stream,
                     const scalar_t* a_dst, const scalar_t* a_edge,
                     const int64_t* rowptr, const index_t* col,
                     const int64_t* perm, scalar_t* out, scalar_t* lse,
-                    int64_t num_dst, int64_t H, int64_t C,
+                    int64_t num_dst, int64_t num_src, int64_t E, int64_t H,
+                    int64_t C,
                     at::opmath_type<scalar_t> slope,
                     DropoutArgs<at::opmath_type<scalar_t>> drop) {
   if (C <= kWarpSize)
     forward_kernel<scalar_t, index_t, 1><<<blocks, kThreads, 0, stream>>>(
-        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, H, C,
-        slope, drop);
+        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, num_src,
+        E, H, C, slope, drop);
   else if (C <= 2 * kWarpSize)
     forward_kernel<scalar_t, index_t, 2><<<blocks, kThreads, 0, stream>>>(
-        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, H, C,
-        slope, drop);
+        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, num_src,
+        E, H, C, slope, drop);
   else
     forward_kernel<scalar_t, index_t, 4><<<blocks, kThreads, 0, stream>>>(
-        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, H, C,
-        slope, drop);
+        x, a_src, a_dst, a_edge, rowptr, col, perm, out, lse, num_dst, num_src,
+        E, H, C, slope, drop);
 }
 
 }  // namespace
@@ -207,10 +218,12 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cuda(
     const at::Tensor& alpha_dst_in,
     const std::optional<at::Tensor>& alpha_edge_in,
     const at::Tensor& rowptr_in, const at::Tensor& col_in,
-    const at::Tensor& perm_in, double negative_slope, double dropout,
-    int64_t seed) {
+    const at::Tensor& perm_in, const at::Tensor& src_rowptr,
+    const at::Tensor& src_slot, const at::Tensor& src_row,
+    double negative_slope, double dropout, int64_t seed) {
   check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
-                             rowptr_in, col_in, perm_in, dropout);
+                             rowptr_in, col_in, perm_in, src_rowptr, src_slot,
+                             src_row, dropout);
   TORCH_CHECK(x_in.is_cuda(), "gat_attention_forward_cuda: CUDA only");
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const auto x = x_in.contiguous();
@@ -240,8 +253,8 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cuda(
               alpha_edge.defined() ? alpha_edge.data_ptr<scalar_t>() : nullptr,
               rowptr.data_ptr<int64_t>(), col.data_ptr<index_t>(),
               perm.data_ptr<int64_t>(), out.data_ptr<scalar_t>(),
-              lse.data_ptr<scalar_t>(), num_dst, H, C,
-              static_cast<acc_t>(negative_slope), drop);
+              lse.data_ptr<scalar_t>(), num_dst, x.size(0), col.size(0), H,
+              C, static_cast<acc_t>(negative_slope), drop);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
@@ -259,10 +272,10 @@ gat_attention_backward_cuda(
     const at::Tensor& src_row, double negative_slope, double dropout,
     int64_t seed) {
   check_gat_attention_inputs(x_in, alpha_src_in, alpha_dst_in, alpha_edge_in,
-                             rowptr_in, col_in, perm_in, dropout);
+                             rowptr_in, col_in, perm_in, src_rowptr, src_slot,
+                             src_row, dropout);
   check_gat_attention_backward(grad_out_in, out_in, lse_in, x_in,
-                               alpha_dst_in, src_rowptr, src_slot, src_row,
-                               col_in);
+                               alpha_dst_in);
   TORCH_CHECK(x_in.is_cuda(), "gat_attention_backward_cuda: CUDA only");
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const auto grad_out = grad_out_in.contiguous();
@@ -282,7 +295,8 @@ gat_attention_backward_cuda(
   auto grad_x_acc = at::zeros(x.sizes(), x.options().dtype(acc_type));
   auto grad_src_acc = at::zeros(alpha_src.sizes(), x.options().dtype(acc_type));
   auto grad_alpha_dst = at::empty_like(alpha_dst);
-  auto grad_alpha_edge = alpha_edge.defined() ? at::empty_like(alpha_edge)
+  // zeros: an edge a bad graph leaves unvisited gets a defined gradient
+  auto grad_alpha_edge = alpha_edge.defined() ? at::zeros_like(alpha_edge)
                                               : at::empty({0}, x.options());
   const int64_t warps = num_dst * H;
   if (warps > 0) {
@@ -309,8 +323,8 @@ gat_attention_backward_cuda(
                         alpha_edge.defined()
                             ? grad_alpha_edge.data_ptr<scalar_t>()
                             : nullptr,
-                        num_dst, H, C, static_cast<acc_t>(negative_slope),
-                        drop);
+                        num_dst, x.size(0), col.size(0), H, C,
+                        static_cast<acc_t>(negative_slope), drop);
                 C10_CUDA_KERNEL_LAUNCH_CHECK();
               });
         });

@@ -12,7 +12,9 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cuda(
     const at::Tensor& x, const at::Tensor& alpha_src,
     const at::Tensor& alpha_dst, const std::optional<at::Tensor>& alpha_edge,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm,
-    double negative_slope, double dropout, int64_t seed);
+    const at::Tensor& src_rowptr, const at::Tensor& src_slot,
+    const at::Tensor& src_row, double negative_slope, double dropout,
+    int64_t seed);
 
 // Returns (grad_x, grad_alpha_src, grad_alpha_dst, grad_alpha_edge).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>

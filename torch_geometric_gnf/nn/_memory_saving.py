@@ -101,9 +101,23 @@ class ReversibleFunction(torch.autograd.Function):
         return y, log_det
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y: Optional[Tensor],
                  grad_log_det: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a graph of backward
+            raise RuntimeError(
+                "ReversibleMessagePassing(memory_saving=True) does not "
+                "support second-order gradients (backward with "
+                "create_graph=True, e.g. a gradient penalty): its backward "
+                "recomputes the step instead of recording it. Use "
+                "memory_saving=False for such a loss.")
+        return ReversibleFunction._recompute_backward(ctx, grad_y,
+                                                      grad_log_det)
+
+    @staticmethod
+    @once_differentiable
+    def _recompute_backward(ctx, grad_y: Optional[Tensor],
+                            grad_log_det: Optional[Tensor]
+                            ) -> Tuple[Optional[Tensor], ...]:
         y = ctx.output
         if y is None:
             raise RuntimeError(

@@ -74,8 +74,14 @@ class ReversibleMessagePassing(torch.nn.Module):
         split_dim (int, optional): The feature dimension to split.
             (default: :obj:`-1`)
         memory_saving (bool, optional): Rebuild inputs from outputs in the
-            backward pass instead of storing activations.
-            (default: :obj:`True`)
+            backward pass instead of storing activations. Under
+            :func:`torch.compile` the step runs eagerly inside the compiled
+            model (one graph break per step) and keeps saving memory; under
+            :func:`torch.export.export` / :func:`torch.jit.trace` the plain
+            step is recorded (memory saving off, same numbers). Second-order
+            gradients (``create_graph=True``) need
+            :obj:`memory_saving=False`; the memory-saving backward raises a
+            clear error otherwise. (default: :obj:`True`)
         clamp (float, optional): Soft-clamp bound :math:`c` of the affine
             scale; :obj:`None` or :obj:`0` disables clamping.
             (default: :obj:`2.0`)
@@ -140,8 +146,18 @@ class ReversibleMessagePassing(torch.nn.Module):
                      if isinstance(a, Tensor) and a.requires_grad]
         needs_graph = torch.is_grad_enabled() and (
             x.requires_grad or len(params) > 0 or len(grad_args) > 0)
-        if inverse or not self.memory_saving or not needs_graph:
+        if inverse or not self.memory_saving or not needs_graph or \
+                _exporting():
             return self._step(x, call, inverse)
+        return self._memory_saving_step(x, call, grad_args, params)
+
+    # torch.compile runs the memory-saving step eagerly (a graph break around
+    # it): its backward recomputes the step, which a compiled graph cannot
+    # express, so a compiled stack still stores one feature matrix.
+    @torch.compiler.disable
+    def _memory_saving_step(self, x: Tensor, call: Tuple,
+                            grad_args: List[Tensor],
+                            params: List[Tensor]) -> Tuple[Tensor, Tensor]:
         y, log_det = ReversibleFunction.apply(self, call, len(grad_args), x,
                                               *grad_args, *params)
         release_chained_input(x, y)
@@ -235,6 +251,13 @@ class ReversibleMessagePassing(torch.nn.Module):
         return (f'{self.__class__.__name__}(f={self.f}, g={self.g}, '
                 f'coupling={self.coupling}, split_dim={self.split_dim}, '
                 f'memory_saving={self.memory_saving})')
+
+
+def _exporting() -> bool:
+    r"""Whether :func:`torch.export.export` or :func:`torch.jit.trace` is
+    tracing: both record a forward graph only, so the plain step is traced
+    (memory saving is off in the exported program; gradients are equal)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def _check_half_output(out: Any, h: Tensor, name: str, split_dim: int,

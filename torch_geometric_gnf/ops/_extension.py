@@ -61,3 +61,14 @@ def extension_supports(*tensors: Optional[Tensor]) -> bool:
         else:
             return False
     return True
+
+
+def op_registered(name: str) -> bool:
+    r"""Whether ``torch.ops.torch_geometric_gnf.<name>`` exists (the loaded
+    ``_C`` registered it), independent of ``GNF_DISABLE_EXTENSION``."""
+    if _C is None:
+        return False
+    try:
+        return hasattr(torch.ops.torch_geometric_gnf, name)
+    except (AttributeError, RuntimeError):  # pragma: no cover
+        return False

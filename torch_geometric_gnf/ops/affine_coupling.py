@@ -4,9 +4,9 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from torch_geometric_gnf.ops._extension import extension_supports
+from torch_geometric_gnf.ops._extension import (extension_supports,
+                                                op_registered)
 from torch_geometric_gnf.utils import infer_num_graphs
 
 
@@ -87,37 +87,82 @@ def _reference(x: Tensor, s_raw: Tensor, t: Tensor, batch: Optional[Tensor],
     return out, -log_det if inverse else log_det
 
 
-class AffineCouplingFunction(torch.autograd.Function):
-    r"""Autograd glue for the C++ ops. Saves the coupling's *input* in
-    forward mode and its *output* in inverse mode (``x`` in both cases), so
-    ``y`` is never stored."""
-    @staticmethod
-    def forward(ctx, x: Tensor, s_raw: Tensor, t: Tensor,
-                batch: Optional[Tensor], num_graphs: int, clamp: float,
-                inverse: bool) -> Tuple[Tensor, Tensor]:
-        out, log_det = torch.ops.torch_geometric_gnf.affine_coupling_forward(
-            x, s_raw, t, batch, num_graphs, clamp, inverse)
-        ctx.save_for_backward(out if inverse else x, s_raw, batch)
-        ctx.num_graphs, ctx.clamp, ctx.inverse = num_graphs, clamp, inverse
-        ctx.set_materialize_grads(False)  # None grads are handled as zero
-        return out, log_det
+# ---------------------------------------------------------------------------
+# Extension path: the C++ ops registered with torch.library (fake kernels,
+# autograd through register_autograd; see ops/gat_attention.py).
+# ---------------------------------------------------------------------------
+_FORWARD = 'torch_geometric_gnf::affine_coupling_forward'
+_BACKWARD = 'torch_geometric_gnf::affine_coupling_backward'
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Optional[Tensor],
-                 grad_log_det: Optional[Tensor]):
-        data, s_raw, batch = ctx.saved_tensors
-        if grad_out is None and grad_log_det is None:
-            return (None, ) * 7
-        grad_in, grad_s_raw = \
-            torch.ops.torch_geometric_gnf.affine_coupling_backward(
-                grad_out, data, s_raw, batch, grad_log_det, ctx.num_graphs,
-                ctx.clamp, ctx.inverse)
-        if grad_out is None:  # t only enters through the output
-            grad_t = None
-        else:
-            grad_t = -grad_in if ctx.inverse else grad_out
-        return grad_in, grad_s_raw, grad_t, None, None, None, None
+
+def _fake_forward(x, s_raw, t, batch, num_graphs, clamp, inverse):
+    return torch.empty_like(x), x.new_empty(num_graphs)
+
+
+def _fake_backward(grad_out, data, s_raw, batch, grad_log_det, num_graphs,
+                   clamp, inverse):
+    return torch.empty_like(data), torch.empty_like(s_raw)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    # Saves the coupling's *input* in forward mode and its *output* in
+    # inverse mode (x in both cases), so y is never stored.
+    x, s_raw, t, batch, num_graphs, clamp, inverse = inputs
+    out, _ = output
+    ctx.save_for_backward(out if inverse else x, s_raw, batch)
+    ctx.num_graphs, ctx.clamp, ctx.inverse = num_graphs, clamp, inverse
+
+
+def _differentiable_backward(grad_out: Tensor, grad_log_det: Tensor,
+                             data: Tensor, s_raw: Tensor,
+                             batch: Optional[Tensor], clamp: float,
+                             inverse: bool) -> Tuple[Tensor, Tensor]:
+    r"""The backward's formulas in PyTorch ops, used when a graph of the
+    backward is requested (``create_graph=True``), so that second-order
+    gradients are exact. With :math:`s = c \tanh(s_{raw}/c)`,
+    :math:`s' = 1 - (s/c)^2` and the per-node log-det gradient
+    :math:`\ell_i = \bar{g}_{\mathrm{batch}_i}`: forward mode
+    (:math:`\mathbf{x}` = input) :math:`\bar{x} = g e^{s}`,
+    :math:`\bar{s}_{raw} = (g x e^{s} + \ell) s'`; inverse mode
+    (:math:`\mathbf{x}` = output) :math:`\bar{y} = g e^{-s}`,
+    :math:`\bar{s}_{raw} = -(g x + \ell) s'`."""
+    s = soft_clamp(s_raw, clamp)
+    ds = 1 - (s / clamp).pow(2) if clamp > 0 else torch.ones_like(s)
+    node = grad_log_det.index_select(0, batch.long()) if batch is not None \
+        else grad_log_det[:1].expand(data.size(0))
+    node = node.view(-1, *([1] * (data.dim() - 1)))
+    if inverse:
+        return grad_out * torch.exp(-s), -(grad_out * data + node) * ds
+    scaled = grad_out * torch.exp(s)
+    return scaled, (scaled * data + node) * ds
+
+
+def _backward(ctx, grad_out: Tensor, grad_log_det: Tensor):
+    data, s_raw, batch = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a graph of the backward is requested
+        grad_in, grad_s_raw = _differentiable_backward(
+            grad_out, grad_log_det, data, s_raw, batch, ctx.clamp,
+            ctx.inverse)
+    else:
+        grad_in, grad_s_raw = torch.ops.torch_geometric_gnf.\
+            affine_coupling_backward(grad_out, data, s_raw, batch,
+                                     grad_log_det, ctx.num_graphs, ctx.clamp,
+                                     ctx.inverse)
+    # t only enters through the output
+    grad_t = -grad_in if ctx.inverse else grad_out
+    return grad_in, grad_s_raw, grad_t, None, None, None, None
+
+
+def _register() -> None:
+    if not op_registered('affine_coupling_forward'):  # no extension
+        return
+    torch.library.register_fake(_FORWARD)(_fake_forward)
+    torch.library.register_fake(_BACKWARD)(_fake_backward)
+    torch.library.register_autograd(_FORWARD, _backward,
+                                    setup_context=_setup_context)
+
+
+_register()
 
 
 def affine_coupling_reference(
@@ -191,9 +236,13 @@ def affine_coupling(
         (torch.Tensor, torch.Tensor): The output (shape of :obj:`x`) and the
         per-graph log-determinant of shape :obj:`[num_graphs]`.
 
-    Inside code traced by :func:`torch.compile`, the PyTorch reference path
-    runs without the input checks (pass :obj:`num_graphs` there: inferring
-    it reads :obj:`batch`).
+    The C++ ops are registered PyTorch operators (fake kernels, autograd via
+    :func:`torch.library.register_autograd`). Inside code traced by
+    :func:`torch.compile` the PyTorch reference path runs instead (the
+    compiler fuses it), without the input checks (pass :obj:`num_graphs`
+    there: inferring it reads :obj:`batch`). When a graph of the backward
+    is requested (``create_graph=True``), the backward is autograd through
+    the reference formulas, so second-order gradients are exact.
     """
     if torch.compiler.is_compiling():
         # Traced by torch.compile: the PyTorch path, which the compiler fuses
@@ -203,6 +252,6 @@ def affine_coupling(
     num_graphs = _validate(x, s_raw, t, batch, num_graphs, clamp)
     if extension_supports(x):
         c = 0.0 if clamp is None else float(clamp)
-        return AffineCouplingFunction.apply(x, s_raw, t, batch, num_graphs,
-                                            c, bool(inverse))
+        return torch.ops.torch_geometric_gnf.affine_coupling_forward(
+            x, s_raw, t, batch, num_graphs, c, bool(inverse))
     return _reference(x, s_raw, t, batch, num_graphs, clamp, inverse)

@@ -5,7 +5,9 @@ over the incoming edges of a node without atomics) and also keeps a
 by-source view of the same slots (so the backward pass w.r.t. source
 features is a gather, again without atomics). Build it once per graph with
 :func:`build_csr`, or let :func:`cached_csr` remember it for a given
-:obj:`edge_index` tensor.
+:obj:`edge_index` tensor (verified against the tensor's contents on every
+hit, so the cache never changes a result; see the design note above
+:func:`cached_csr`).
 """
 import weakref
 from collections import OrderedDict
@@ -13,8 +15,8 @@ from typing import Callable, Hashable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
-from torch_geometric_gnf.utils.checks import input_checks_enabled
 
 
 class CSRGraph(NamedTuple):
@@ -58,11 +60,13 @@ class CSRGraph(NamedTuple):
         return self.col.device
 
 
-def _rowptr(index: Tensor, num_nodes: int) -> Tensor:
-    counts = torch.bincount(index, minlength=num_nodes)
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=index.device)
-    torch.cumsum(counts, dim=0, out=rowptr[1:])
-    return rowptr
+def _offsets(sorted_index: Tensor, num_nodes: int) -> Tensor:
+    r"""CSR offsets of a sorted index vector: entry :math:`i` is the number
+    of values :math:`< i`. Traceable with a static output size
+    (``bincount``'s size depends on the values)."""
+    bounds = torch.arange(num_nodes + 1, dtype=sorted_index.dtype,
+                          device=sorted_index.device)
+    return torch.searchsorted(sorted_index, bounds)
 
 
 def csr_row(csr: CSRGraph) -> Tensor:
@@ -81,6 +85,87 @@ def csr_src_row(csr: CSRGraph) -> Tensor:
     return csr_row(csr)[csr.src_slot].to(csr.col.dtype)
 
 
+def is_traced(t: Tensor) -> bool:
+    r"""Whether :obj:`t` is being traced (:func:`torch.compile`,
+    :func:`torch.export`, :func:`torch.jit.trace`, fake tensors): its values
+    and storage cannot be read, so no cache and no value checks."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return is_fake(t)
+
+
+def check_index_range(edge_index: Tensor, num_src: int, num_dst: int,
+                      fn: str = 'build_csr') -> None:
+    r"""Raises a :class:`ValueError` naming :obj:`edge_index` if a source
+    index lies outside :math:`[0, \mathrm{num\_src})` or a target index
+    outside :math:`[0, \mathrm{num\_dst})`. One O(E) min/max pass; always on
+    in eager mode (independent of :func:`~torch_geometric_gnf.utils.
+    set_input_checks`), because an index out of range would make the kernels
+    read out of bounds. Skipped while tracing (the kernels then validate)."""
+    if is_traced(edge_index) or edge_index.numel() == 0:
+        return
+    lo, hi = torch.aminmax(edge_index, dim=1)
+    for row, name, n in ((0, 'source', num_src), (1, 'target', num_dst)):
+        if int(lo[row]) < 0 or int(hi[row]) >= n:
+            raise ValueError(f"{fn}: 'edge_index' {name} indices must lie in "
+                             f"[0, {n}) (found out-of-range values: range "
+                             f"[{int(lo[row])}, {int(hi[row])}])")
+
+
+def _check(ok: Tensor, fn: str, what: str) -> None:
+    if not bool(ok):
+        raise ValueError(f"{fn}: invalid CSRGraph: {what} (build graphs "
+                         f"with torch_geometric_gnf.ops.build_csr)")
+
+
+def _check_offsets(ptr: Tensor, num_edges: int, fn: str, name: str) -> None:
+    _check(ptr[0] == 0, fn, f"csr.{name}[0] must be 0")
+    _check((ptr[1:] >= ptr[:-1]).all(), fn, f"csr.{name} must not decrease")
+    _check(ptr[-1] == num_edges, fn,
+           f"csr.{name}[-1] must equal the number of edges {num_edges}")
+
+
+def _check_permutation(p: Tensor, num_edges: int, fn: str, name: str) -> None:
+    ok = (p >= 0).all() & (p < num_edges).all()
+    _check(ok, fn, f"csr.{name} must lie in [0, {num_edges})")
+    _check((torch.bincount(p, minlength=num_edges) == 1).all(), fn,
+           f"csr.{name} must be a permutation of [0, {num_edges})")
+
+
+@torch.no_grad()
+def validate_csr(csr: CSRGraph, fn: str = 'validate_csr') -> None:
+    r"""Raises a :class:`ValueError` (prefixed by :obj:`fn`) unless
+    :obj:`csr` is a consistent graph: offsets start at 0, never decrease and
+    end at :math:`E`; :obj:`col` holds source nodes in range; :obj:`perm`
+    and :obj:`src_slot` are permutations; the by-source view lists, for
+    every source :math:`j`, slots whose :obj:`col` is :math:`j`, with their
+    destinations in :obj:`src_row`. O(E + N). The same checks run inside the
+    CPU kernels (the pure-PyTorch path and CUDA use this function)."""
+    E = csr.col.numel()
+    for name in ('rowptr', 'perm', 'src_rowptr', 'src_slot'):
+        if getattr(csr, name).dtype != torch.long:
+            raise ValueError(f"{fn}: invalid CSRGraph: csr.{name} must be "
+                             f"int64")
+    _check_offsets(csr.rowptr, E, fn, 'rowptr')
+    _check_offsets(csr.src_rowptr, E, fn, 'src_rowptr')
+    if E == 0:
+        return
+    col = csr.col.long()
+    _check((col >= 0).all() & (col < csr.num_src).all(), fn,
+           f"csr.col must lie in [0, {csr.num_src}) (source nodes)")
+    _check_permutation(csr.perm, E, fn, 'perm')
+    _check_permutation(csr.src_slot, E, fn, 'src_slot')
+    src_of_position = torch.repeat_interleave(
+        torch.arange(csr.num_src, device=col.device),
+        csr.src_rowptr[1:] - csr.src_rowptr[:-1], output_size=E)
+    _check(torch.equal(col.index_select(0, csr.src_slot), src_of_position),
+           fn, "csr.src_rowptr/src_slot do not match csr.col")
+    if csr.src_row is not None:
+        _check(torch.equal(csr.src_row.long(),
+                           csr_row(csr).index_select(0, csr.src_slot)), fn,
+               "csr.src_row does not match csr.rowptr")
+
+
 def build_csr(edge_index: Tensor, num_src: int, num_dst: int) -> CSRGraph:
     r"""Builds the :class:`CSRGraph` of :obj:`edge_index` (row 0: source
     :math:`j`, row 1: target :math:`i`), with :obj:`num_src` source and
@@ -90,8 +175,8 @@ def build_csr(edge_index: Tensor, num_src: int, num_dst: int) -> CSRGraph:
     Raises:
         TypeError: if :obj:`edge_index` is not a tensor.
         ValueError: on a wrong shape or dtype, negative sizes or indices out
-            of range (the range check follows
-            :func:`torch_geometric_gnf.utils.set_input_checks`).
+            of range (the range check is always on, whatever
+            :func:`torch_geometric_gnf.utils.set_input_checks` says).
     """
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"build_csr: 'edge_index' must be a Tensor, got "
@@ -105,47 +190,52 @@ def build_csr(edge_index: Tensor, num_src: int, num_dst: int) -> CSRGraph:
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"build_csr: 'edge_index' must have shape [2, E], "
                          f"got {tuple(edge_index.shape)}")
-    num_src, num_dst = int(num_src), int(num_dst)
     if num_src < 0 or num_dst < 0:
         raise ValueError(f"build_csr: node counts must be >= 0, got "
                          f"num_src={num_src}, num_dst={num_dst}")
     num_edges = edge_index.size(1)
-    if num_edges > 0 and (num_src == 0 or num_dst == 0):
+    # (sizes first: under tracing E may be data-dependent, never guarded on)
+    if (num_src == 0 or num_dst == 0) and num_edges > 0:
         raise ValueError(f"build_csr: {num_edges} edges but num_src="
                          f"{num_src}, num_dst={num_dst}")
+    check_index_range(edge_index, num_src, num_dst)
     src, dst = edge_index[0], edge_index[1]
-    if input_checks_enabled() and num_edges > 0:
-        for name, idx, n in (('source', src, num_src),
-                             ('target', dst, num_dst)):
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= n:
-                raise ValueError(f"build_csr: 'edge_index' {name} indices "
-                                 f"must lie in [0, {n}), found range "
-                                 f"[{lo}, {hi}]")
-    src64, dst64 = src.long(), dst.long()
     # Stable sorts keep the original order among edges of one node, so the
-    # reduction order (and hence rounding) is deterministic.
-    perm = torch.sort(dst64, stable=True).indices
-    col = src.index_select(0, perm).contiguous()
-    src_slot = torch.sort(col.long(), stable=True).indices
-    src_row = dst.index_select(0, perm.index_select(0, src_slot)).contiguous()
-    return CSRGraph(rowptr=_rowptr(dst64, num_dst), col=col, perm=perm,
-                    src_rowptr=_rowptr(src64, num_src), src_slot=src_slot,
-                    num_src=num_src, num_dst=num_dst, src_row=src_row)
+    # reduction order (and hence rounding) is deterministic. Only
+    # fixed-size ops (sort, gather, searchsorted): the build traces under
+    # torch.compile / torch.export with dynamic sizes.
+    dst_sorted, perm = torch.sort(dst.long(), stable=True)
+    col = src.index_select(0, perm)
+    col_sorted, src_slot = torch.sort(col.long(), stable=True)
+    src_row = dst_sorted.index_select(0, src_slot).to(col.dtype)
+    return CSRGraph(rowptr=_offsets(dst_sorted, num_dst), col=col, perm=perm,
+                    src_rowptr=_offsets(col_sorted, num_src),
+                    src_slot=src_slot, num_src=num_src, num_dst=num_dst,
+                    src_row=src_row)
 
 
-# Keyed on the tensor's identity through a weak reference: an entry dies with
-# its edge_index, so a new tensor that reuses the address never hits a stale
-# entry; the version counter catches in-place edits.
+# The cache. Design (one for eager, compile and export; it never changes a
+# result):
+# * An entry is found by the identity of the caller's ``edge_index`` (a weak
+#   reference, so it dies with the tensor) plus shape, dtype, device, node
+#   counts and a variant name. Identity only *finds* a candidate: no version
+#   counter or data pointer is trusted, because writes through ``.data``, a
+#   numpy view or a refilled ``torch.from_numpy`` buffer bypass both.
+# * Every hit is verified against the graph's current contents with
+#   :func:`csr_matches`, an exact O(E) check (two gathers and compares)
+#   that holds iff a fresh stable build would return the same CSR. It is
+#   several times cheaper than a build (two O(E log E) sorts), so a stack of
+#   layers on one graph still sorts the edges once.
+# * While tracing (compile / export / jit.trace) there is no cache and no
+#   data-pointer read: the CSR is built by traceable ops every time.
 _CACHE_SIZE = 8
 _cache: 'OrderedDict[Tuple, Tuple[weakref.ref, CSRGraph]]' = OrderedDict()
 
 
-def _cache_key(edge_index: Tensor, num_src: int, num_dst: int) -> Tuple:
-    return (id(edge_index), edge_index.data_ptr(), edge_index._version,
-            tuple(edge_index.shape), tuple(edge_index.stride()),
-            edge_index.dtype, str(edge_index.device), int(num_src),
-            int(num_dst))
+def _cache_key(edge_index: Tensor, num_src: int, num_dst: int,
+               variant: Hashable) -> Tuple:
+    return (id(edge_index), tuple(edge_index.shape), edge_index.dtype,
+            str(edge_index.device), int(num_src), int(num_dst), variant)
 
 
 def _forget(key: Tuple):
@@ -156,37 +246,59 @@ def _forget(key: Tuple):
     return callback
 
 
+@torch.no_grad()
+def csr_matches(csr: CSRGraph, graph: Tensor) -> bool:
+    r"""Whether :obj:`csr` is exactly what :func:`build_csr` would build
+    from :obj:`graph` now, for a :obj:`csr` that :func:`build_csr` built
+    from some graph with as many edges (as the cache's entries are).
+
+    Checks :math:`\mathrm{dst}[\mathrm{perm}] = \mathrm{row}` and
+    :math:`\mathrm{src}[\mathrm{perm}] = \mathrm{col}`. Since :obj:`perm`
+    came out of a stable sort, it is increasing within every row; so when
+    the destinations gathered through it are the sorted rows, a stable sort
+    of the new destinations returns the same :obj:`perm`, and equal sources
+    give the same :obj:`col` and by-source view (a pure function of
+    :obj:`col`). O(E), no sort."""
+    if graph.size(1) != csr.num_edges:
+        return False
+    return (torch.equal(graph[1].index_select(0, csr.perm).to(csr.col.dtype),
+                        csr_row(csr).to(csr.col.dtype)) and
+            torch.equal(graph[0].index_select(0, csr.perm).to(csr.col.dtype),
+                        csr.col))
+
+
 def cached_csr(edge_index: Tensor, num_src: int, num_dst: int, *,
                variant: Hashable = None,
-               build: Optional[Callable[[], CSRGraph]] = None) -> CSRGraph:
+               graph: Optional[Callable[[], Tensor]] = None) -> CSRGraph:
     r"""Like :func:`build_csr`, but remembers the result for the last few
-    :obj:`edge_index` tensors (by identity, in-place version, shape, sizes
-    and device), so a layer called repeatedly on the same graph builds its
-    CSR once. Entries are dropped when their :obj:`edge_index` is freed or
-    edited in place.
+    :obj:`edge_index` tensors, so a layer (or a stack of layers) called
+    repeatedly on the same graph sorts its edges once.
 
-    A caller that caches a graph *derived* from :obj:`edge_index` (e.g. with
-    self-loops added) names it by :obj:`variant` and builds it with
-    :obj:`build()` on a miss (default: :obj:`build_csr(edge_index, num_src,
-    num_dst)`)."""
-    if build is None:
-        def build() -> CSRGraph:
-            return build_csr(edge_index, num_src, num_dst)
+    A cache never changes a result: every hit is checked against the current
+    contents of the graph (:func:`csr_matches`, exact, O(E)), so edits that
+    PyTorch's version counter does not see (through ``.data``, a numpy view,
+    a refilled ``torch.from_numpy`` buffer) rebuild the CSR. While tracing
+    (:func:`torch.compile`, :func:`torch.export.export`,
+    :func:`torch.jit.trace`) nothing is cached: the CSR is built by
+    traceable ops.
+
+    A caller that builds the CSR of a graph *derived* from :obj:`edge_index`
+    (e.g. with self-loops added) names it by :obj:`variant` and passes
+    :obj:`graph()`, which returns the derived ``[2, E']`` index (default:
+    :obj:`edge_index` itself); the CSR is that of :obj:`graph()`."""
+    derived = edge_index if graph is None else graph()
     if not isinstance(edge_index, Tensor) or \
-            edge_index.layout != torch.strided:
-        return build()
-    key = _cache_key(edge_index, num_src, num_dst) + (variant, )
+            edge_index.layout != torch.strided or is_traced(edge_index):
+        return build_csr(derived, num_src, num_dst)
+    key = _cache_key(edge_index, num_src, num_dst, variant)
     hit = _cache.get(key)
-    if hit is not None and hit[0]() is edge_index:
+    if hit is not None and hit[0]() is edge_index and \
+            csr_matches(hit[1], derived):
         _cache.move_to_end(key)
         return hit[1]
-    csr = build()
-    # Drop entries of freed tensors and of this tensor before an in-place
-    # edit, so no outdated CSR stays alive.
-    for k in [k for k, (ref, _) in _cache.items() if ref() is None or
-              (ref() is edge_index and k[2] != edge_index._version)]:
-        del _cache[k]
+    csr = build_csr(derived, num_src, num_dst)
     _cache[key] = (weakref.ref(edge_index, _forget(key)), csr)
+    _cache.move_to_end(key)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return csr

@@ -7,10 +7,11 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from torch_geometric_gnf.ops._extension import extension_supports
-from torch_geometric_gnf.ops.csr import CSRGraph, csr_row, csr_src_row
+from torch_geometric_gnf.ops._extension import (extension_supports,
+                                                op_registered)
+from torch_geometric_gnf.ops.csr import (CSRGraph, csr_row, csr_src_row,
+                                         is_traced, validate_csr)
 from torch_geometric_gnf.utils.checks import all_finite, input_checks_enabled
 
 _MASK32 = 0xFFFFFFFF
@@ -154,7 +155,7 @@ def _validate(x: Tensor, alpha_src: Tensor, alpha_dst: Tensor,
             (csr.src_row is not None and csr.src_row.numel() != E)):
         raise ValueError(f"{fn}: inconsistent CSRGraph sizes (use "
                          f"build_csr to construct it)")
-    if not math.isfinite(negative_slope):
+    if not is_traced(x) and not math.isfinite(negative_slope):
         raise ValueError(f"{fn}: 'negative_slope' must be finite, got "
                          f"{negative_slope}")
     if not 0.0 <= dropout <= 1.0:
@@ -208,51 +209,110 @@ def _reference(x: Tensor, alpha_src: Tensor, alpha_dst: Tensor,
 
 
 # ---------------------------------------------------------------------------
-# Extension path
+# Extension path: the C++ ops registered with torch.library (fake kernels for
+# tracing, autograd through register_autograd), so torch.compile(fullgraph=
+# True), torch.export and jit.trace see one op instead of a graph break.
 # ---------------------------------------------------------------------------
+_FORWARD = 'torch_geometric_gnf::gat_attention_forward'
+_BACKWARD = 'torch_geometric_gnf::gat_attention_backward'
+
+
 def _ops():
     return torch.ops.torch_geometric_gnf
 
 
+# Fixed once _C is loaded; a constant is also what the compiler wants to see.
+_HAS_KERNEL = op_registered('gat_attention_forward')
+
+
 def _has_kernel() -> bool:
-    try:
-        return hasattr(_ops(), 'gat_attention_forward')
-    except (AttributeError, RuntimeError):  # pragma: no cover
-        return False
+    return _HAS_KERNEL
 
 
-class FusedGATAttentionFunction(torch.autograd.Function):
-    r"""Autograd glue of the C++/CUDA op. Saves only the inputs, the output
-    and the ``[num_dst, H]`` log-sum-exp; the backward recomputes each edge's
-    score, weight and dropout bit."""
-    @staticmethod
-    def forward(ctx, x: Tensor, alpha_src: Tensor, alpha_dst: Tensor,
-                alpha_edge: Optional[Tensor], csr: CSRGraph,
-                negative_slope: float, p: float, seed: int) -> Tensor:
-        out, lse = _ops().gat_attention_forward(
-            x, alpha_src, alpha_dst, alpha_edge, csr.rowptr, csr.col,
-            csr.perm, negative_slope, p, seed)
-        ctx.save_for_backward(x, alpha_src, alpha_dst, alpha_edge, out, lse)
-        # The graph structure is an input the caller keeps (and caches)
-        # anyway; it is referenced, not copied.
-        ctx.csr = csr
-        ctx.negative_slope, ctx.p, ctx.seed = negative_slope, p, seed
-        ctx.set_materialize_grads(False)
-        return out
+def _csr_args(csr: CSRGraph) -> Tuple[Tensor, ...]:
+    return (csr.rowptr, csr.col, csr.perm, csr.src_rowptr, csr.src_slot,
+            csr_src_row(csr))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Optional[Tensor]):
-        x, alpha_src, alpha_dst, alpha_edge, out, lse = ctx.saved_tensors
-        if grad_out is None:
-            return (None, ) * 8
-        csr = ctx.csr
-        gx, gs, gd, ge = _ops().gat_attention_backward(
+
+def _fake_forward(x, alpha_src, alpha_dst, alpha_edge, rowptr, col, perm,
+                  src_rowptr, src_slot, src_row, negative_slope, dropout,
+                  seed):
+    num_dst, heads, channels = alpha_dst.size(0), x.size(1), x.size(2)
+    return (x.new_empty(num_dst, heads, channels),
+            x.new_empty(num_dst, heads))
+
+
+def _fake_backward(grad_out, x, alpha_src, alpha_dst, alpha_edge, out, lse,
+                   rowptr, col, perm, src_rowptr, src_slot, src_row,
+                   negative_slope, dropout, seed):
+    grad_edge = x.new_empty(0) if alpha_edge is None else \
+        torch.empty_like(alpha_edge)
+    return (torch.empty_like(x), torch.empty_like(alpha_src),
+            torch.empty_like(alpha_dst), grad_edge)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    # Saves only the inputs, the output and the [num_dst, H] log-sum-exp;
+    # the backward recomputes each edge's score, weight and dropout bit.
+    (x, alpha_src, alpha_dst, alpha_edge, *graph, negative_slope, dropout,
+     seed) = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(x, alpha_src, alpha_dst, alpha_edge, *graph, out,
+                          lse)
+    ctx.negative_slope, ctx.dropout, ctx.seed = negative_slope, dropout, seed
+
+
+def _differentiable_backward(grad_out: Tensor, x: Tensor, alpha_src: Tensor,
+                             alpha_dst: Tensor, alpha_edge: Optional[Tensor],
+                             csr: CSRGraph, negative_slope: float, p: float,
+                             seed: int) -> Tuple[Optional[Tensor], ...]:
+    r"""The backward as a graph (``create_graph=True``, e.g. a gradient
+    penalty): autograd through the reference path on the same inputs, so
+    second-order gradients are exact (it materialises ``[E, H, C]``, only in
+    this case)."""
+    # One alias per argument: the same tensor passed twice (e.g. as
+    # alpha_src and alpha_dst) must get each argument's share, not the sum.
+    inputs = [t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+              for t in (x, alpha_src, alpha_dst, alpha_edge) if t is not None]
+    with torch.enable_grad():
+        out = _reference(*inputs[:3], csr,
+                         inputs[3] if alpha_edge is not None else None,
+                         negative_slope, p, seed)
+        grads = list(torch.autograd.grad(out, inputs, grad_out,
+                                         create_graph=True,
+                                         allow_unused=True))
+    return tuple(grads) + (None, ) * (4 - len(grads))
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Optional[Tensor]):
+    (x, alpha_src, alpha_dst, alpha_edge, rowptr, col, perm, src_rowptr,
+     src_slot, src_row, out, lse) = ctx.saved_tensors
+    args = (ctx.negative_slope, ctx.dropout, ctx.seed)
+    if torch.is_grad_enabled():  # a graph of the backward is requested
+        csr = CSRGraph(rowptr, col, perm, src_rowptr, src_slot, x.size(0),
+                       alpha_dst.size(0), src_row)
+        grads = _differentiable_backward(grad_out, x, alpha_src, alpha_dst,
+                                         alpha_edge, csr, *args)
+    else:
+        grads = _ops().gat_attention_backward(
             grad_out.contiguous(), x, alpha_src, alpha_dst, alpha_edge, out,
-            lse, csr.rowptr, csr.col, csr.perm, csr.src_rowptr, csr.src_slot,
-            csr_src_row(csr), ctx.negative_slope, ctx.p, ctx.seed)
-        return (gx, gs, gd, ge if alpha_edge is not None else None, None,
-                None, None, None)
+            lse, rowptr, col, perm, src_rowptr, src_slot, src_row, *args)
+    gx, gs, gd, ge = grads
+    return (gx, gs, gd, ge if alpha_edge is not None else None) + \
+        (None, ) * 9
+
+
+def _register() -> None:
+    if not _has_kernel():
+        return
+    torch.library.register_fake(_FORWARD)(_fake_forward)
+    torch.library.register_fake(_BACKWARD)(_fake_backward)
+    torch.library.register_autograd(_FORWARD, _backward,
+                                    setup_context=_setup_context)
+
+
+_register()
 
 
 # ---------------------------------------------------------------------------
@@ -289,7 +349,6 @@ def fused_gat_attention_reference(
                       seed)
 
 
-@torch.compiler.disable  # a clean graph break: the kernel is not traced
 def fused_gat_attention(
         x: Tensor, alpha_src: Tensor, alpha_dst: Tensor, csr: CSRGraph,
         alpha_edge: Optional[Tensor] = None, *, negative_slope: float = 0.2,
@@ -329,6 +388,22 @@ def fused_gat_attention(
     Uses the C++/CUDA kernels when the extension supports the inputs (CPU
     float32/float64; CUDA also float16/bfloat16), else
     :func:`fused_gat_attention_reference`; both give the same numbers.
+    The kernels are registered PyTorch operators
+    (``torch.ops.torch_geometric_gnf.gat_attention_forward`` / ``_backward``
+    with fake kernels and :func:`torch.library.register_autograd`), so
+    :func:`torch.compile` (also :obj:`fullgraph=True`), :func:`torch.export`
+    and :func:`torch.jit.trace` see them as single ops.
+
+    Graph safety: the CPU kernels validate every index of :obj:`csr`
+    (:func:`~torch_geometric_gnf.ops.csr.validate_csr` on the other paths)
+    and raise a :class:`ValueError` for an inconsistent hand-made graph; the
+    CUDA kernels also guard every load, so no path reads out of bounds.
+
+    Second-order gradients: when a graph of the backward is requested
+    (``create_graph=True``, e.g. a gradient penalty), the backward runs as
+    autograd through the reference path on the same inputs, so double
+    backward is exact (checked with :func:`torch.autograd.gradgradcheck`)
+    at the reference path's memory cost for that call.
 
     Args:
         x (torch.Tensor): Projected source features ``[num_src, H, C]``.
@@ -350,10 +425,17 @@ def fused_gat_attention(
     x, alpha_src, alpha_dst, alpha_edge, slope, p, seed = _prepare(
         x, alpha_src, alpha_dst, csr, alpha_edge, negative_slope, dropout,
         training, seed)
-    if extension_supports(x) and _has_kernel():
-        return FusedGATAttentionFunction.apply(x, alpha_src, alpha_dst,
-                                               alpha_edge, csr, slope, p,
-                                               seed)
+    fused = extension_supports(x) and _has_kernel()
+    # The CPU kernels validate the graph themselves; elsewhere (reference
+    # path, CUDA when the checks are on) it is checked here.
+    if not is_traced(x) and not (fused and x.device.type == 'cpu') and \
+            (not fused or input_checks_enabled()):
+        validate_csr(csr, 'fused_gat_attention')
+    if fused:
+        out, _ = _ops().gat_attention_forward(x, alpha_src, alpha_dst,
+                                              alpha_edge, *_csr_args(csr),
+                                              slope, p, seed)
+        return out
     return _reference(x, alpha_src, alpha_dst, csr, alpha_edge, slope, p,
                       seed)
 

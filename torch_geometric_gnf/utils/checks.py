@@ -29,8 +29,10 @@ def set_input_checks(enabled: bool) -> None:
 
 def input_checks_enabled() -> bool:
     r"""Whether value checks (NaN/Inf, index range) are enabled (never while
-    :func:`torch.compile` traces)."""
-    return _VALUE_CHECKS and not torch.compiler.is_compiling()
+    :func:`torch.compile`, :func:`torch.export` or :func:`torch.jit.trace`
+    traces)."""
+    return _VALUE_CHECKS and not torch.compiler.is_compiling() and \
+        not torch.jit.is_tracing()
 
 
 def check_node_features(x: Any, name: str = 'x') -> None:
