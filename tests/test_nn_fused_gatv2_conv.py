@@ -491,3 +491,25 @@ def test_grevnet_gatv2_memory_saving_equals_plain():
         grads.append(torch.autograd.grad(loss, list(model.parameters())))
     for a, b in zip(*grads):
         assert_close(a, b, 1e-10)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(18)
+    conv = FusedGATv2Conv(F_IN, 4, heads=2, edge_dim=3).double()
+    randomize(conv)
+    ei = random_graph()
+    ea = torch.randn(ei.size(1), 3, dtype=torch.float64)
+    compiled = torch.compile(conv, fullgraph=True, backend='aot_eager')
+    results = []
+    for model in (conv, compiled):
+        x = torch.randn(N, F_IN, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0),
+                        requires_grad=True)
+        out = model(x, ei, ea)
+        params = [x] + list(conv.parameters())
+        results.append([out.detach()] + list(torch.autograd.grad(
+            (out * torch.cos(out)).sum(), params)))
+    for a, b in zip(*results):
+        assert_close(a, b, 1e-10)

@@ -10,7 +10,9 @@ from torch_geometric.nn.dense.linear import Linear, is_uninitialized_parameter
 from torch_geometric.nn.inits import glorot, zeros
 from torch_geometric.typing import SparseTensor
 
-from torch_geometric_gnf.nn.fused_gat_conv import FusedGATConv
+from torch_geometric_gnf.nn._fused_graph import (attention_output,
+                                                  prepare_graph,
+                                                  split_node_features)
 from torch_geometric_gnf.ops import (dropout_keep_mask, fused_gatv2_attention,
                                      gatv2_attention_weights)
 from torch_geometric_gnf.ops.gat_attention import draw_dropout_seed
@@ -54,8 +56,8 @@ class FusedGATv2Conv(MessagePassing):
       GATv2Conv); the seed comes from the default generator, so
       :class:`ReversibleMessagePassing`'s RNG replay reproduces the mask.
     * Graph handling (self-loops, :obj:`fill_value`, sparse and bipartite
-      inputs, the per-:obj:`edge_index` CSR cache) is
-      :class:`FusedGATConv`'s, which matches GATConv's and GATv2Conv's.
+      inputs, the per-:obj:`edge_index` CSR cache) is shared with
+      :class:`FusedGATConv` and matches GATConv's and GATv2Conv's.
     * Attention weights are computed only when asked for
       (:obj:`return_attention_weights`); in training mode with dropout they
       include the mask and the :math:`1/(1-p)` scale, as GATv2Conv's do.
@@ -211,7 +213,7 @@ class FusedGATv2Conv(MessagePassing):
                 the attention weights (as GATv2Conv does).
         """
         H, C = self.heads, self.out_channels
-        x_src, x_dst = self._split_input(x)
+        x_src, x_dst = split_node_features(x)
         if x_dst is None:
             raise ValueError("FusedGATv2Conv needs target node features: "
                              "'x' must be a Tensor or a pair (x_src, x_dst) "
@@ -237,15 +239,15 @@ class FusedGATv2Conv(MessagePassing):
             return out, weights
         return out
 
-    # Graph preparation keeps Python-side caches: torch.compile traces
-    # around it (one graph break per layer).
-    @torch.compiler.disable
     def _attend(self, x_l: Tensor, x_r: Tensor, edge_index: Any,
                 edge_attr: Optional[Tensor],
                 need_weights: bool) -> Tuple[Tensor, Any]:
         device = x_l.device
-        graph = self._prepare_graph(edge_index, edge_attr, None, x_l.size(0),
-                                    x_r.size(0), device)
+        graph = prepare_graph(edge_index, edge_attr, None, x_l.size(0),
+                              x_r.size(0), device,
+                              add_self_loops=self.add_self_loops,
+                              fill_value=self.fill_value,
+                              edge_dim=self.edge_dim)
         edge_attr, edge_weight = self._edge_inputs(graph.edge_attr)
         p = float(self.dropout) if self.training else 0.0
         seed = draw_dropout_seed(device) if p > 0 else None
@@ -263,7 +265,7 @@ class FusedGATv2Conv(MessagePassing):
         if p > 0:  # the weights actually used, as GATv2Conv returns them
             keep = dropout_keep_mask(seed, alpha.size(0), self.heads, p, device)
             alpha = alpha * keep.to(alpha.dtype) * (1.0 / (1.0 - p) if p < 1 else 0.0)
-        return out, self._attention_output(graph, alpha)
+        return out, attention_output(graph, alpha)
 
     def _edge_inputs(self, edge_attr: Optional[Tensor]
                      ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -279,18 +281,6 @@ class FusedGATv2Conv(MessagePassing):
         if is_uninitialized_parameter(self.lin_edge.weight):
             self.lin_edge(edge_attr[:0])  # lazy edge_dim=-1: initialise
         return edge_attr, self.lin_edge.weight
-
-    # Graph handling shared with FusedGATConv (same semantics as GATConv and
-    # GATv2Conv): borrowed, not copied.
-    _split_input = FusedGATConv._split_input
-    _self_loop_count = FusedGATConv._self_loop_count
-    _prepare_graph = FusedGATConv._prepare_graph
-    _check_sizes = staticmethod(FusedGATConv._check_sizes)
-    _check_edge_attr = FusedGATConv._check_edge_attr
-    _from_dense = FusedGATConv._from_dense
-    _from_torch_sparse = FusedGATConv._from_torch_sparse
-    _from_sparse_tensor = FusedGATConv._from_sparse_tensor
-    _attention_output = FusedGATConv._attention_output
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
