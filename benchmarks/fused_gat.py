@@ -1,5 +1,6 @@
 r"""Peak memory and time of one GAT training step: PyG ``GATConv`` versus
-``FusedGATConv``.
+``FusedGATConv`` (or, with ``--conv gatv2``, ``GATv2Conv`` versus
+``FusedGATv2Conv``).
 
 One forward + backward pass of a single layer ``(in_channels -> heads x 64)``
 with 4 heads on random graphs, loss ``(out * upstream).sum()`` with a fixed
@@ -25,7 +26,7 @@ too).
 
     python benchmarks/fused_gat.py [--graphs 100k arxiv 10M] [--device cpu]
         [--threads 2] [--repeats 3] [--markdown benchmarks/results/fused_gat_cpu.md]
-        [--plot benchmarks/results/fused_gat_cpu.png]
+        [--plot benchmarks/results/fused_gat_cpu.png] [--conv gat|gatv2]
 
 ``--compile`` measures every layer twice, eager and wrapped in
 ``torch.compile(layer, dynamic=True)`` (default inductor backend), and prints
@@ -36,6 +37,9 @@ use the default allocator environment here. E.g.
 
     python benchmarks/fused_gat.py --compile --graphs 20k \
         --markdown benchmarks/results/fused_gat_compile_cpu.md
+
+``--conv gatv2`` measures memory in the default environment (no allocator
+environment variables).
 """
 import argparse
 import time
@@ -49,6 +53,7 @@ from torch_geometric_gnf.utils.profiling import LIVE_PEAK_MALLOC_ENV
 
 METHODS = ('gatconv', 'fused')
 LABELS = {'gatconv': 'GATConv', 'fused': 'FusedGATConv'}
+LABELS_V2 = {'gatconv': 'GATv2Conv', 'fused': 'FusedGATv2Conv'}
 GRAPHS = {  # name: (nodes, edges, input features)
     '100k': (100_000, 1_000_000, 64),
     'arxiv': (169_343, 1_166_243, 128),
@@ -59,7 +64,13 @@ GRAPHS = {  # name: (nodes, edges, input features)
 
 
 def build_layer(method: str, in_channels: int, channels: int,
-                heads: int) -> torch.nn.Module:
+                heads: int, conv: str = 'gat') -> torch.nn.Module:
+    if conv == 'gatv2':
+        from torch_geometric.nn import GATv2Conv
+
+        from torch_geometric_gnf.nn import FusedGATv2Conv
+        cls = GATv2Conv if method == 'gatconv' else FusedGATv2Conv
+        return cls(in_channels, channels, heads=heads)
     if method == 'gatconv':
         from torch_geometric.nn import GATConv
         return GATConv(in_channels, channels, heads=heads)
@@ -71,7 +82,8 @@ def build_layer(method: str, in_channels: int, channels: int,
 
 def measure(method: str, nodes: int, edges: int, in_channels: int,
             channels: int, heads: int, repeats: int, device: str,
-            threads: int, seed: int = 0, compile: bool = False) -> Dict[str, Any]:
+            threads: int, seed: int = 0, compile: bool = False,
+            conv: str = 'gat') -> Dict[str, Any]:
     r"""Runs in a fresh process: the peak memory of one training step
     (:obj:`repeats=0`), or the time of a warm-up step and the mean time of
     :obj:`repeats` further steps."""
@@ -80,7 +92,7 @@ def measure(method: str, nodes: int, edges: int, in_channels: int,
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     dev = torch.device(device)
-    layer = build_layer(method, in_channels, channels, heads).to(dev)
+    layer = build_layer(method, in_channels, channels, heads, conv).to(dev)
     if compile:
         layer = torch.compile(layer, dynamic=True)
 
@@ -129,21 +141,25 @@ def available_mb(device: str) -> float:
     return float('inf')
 
 
-def fused_path() -> str:
+def fused_path(conv: str = 'gat') -> str:
     from torch_geometric_gnf import ops
     if not ops.extension_available():
         return 'pure-PyTorch reference (extension not available)'
-    import torch_geometric_gnf.ops.gat_attention as gat_attention
+    if conv == 'gatv2':
+        import torch_geometric_gnf.ops.gatv2_attention as gat_attention
+    else:
+        import torch_geometric_gnf.ops.gat_attention as gat_attention
     kernel = getattr(gat_attention, '_has_kernel', lambda: False)()
     return 'C++ kernel' if kernel else 'pure-PyTorch reference (no fused kernel in the extension)'
 
 
 def format_table(results: Dict[tuple, Dict[str, Any]], graphs: List[str],
-                 caption: str) -> str:
+                 caption: str, labels: Dict[str, str] = LABELS) -> str:
+    ref, ours = labels['gatconv'], labels['fused']
     lines = [caption, '',
-             '| graph | nodes | edges | in | GATConv MB | FusedGATConv MB | '
-             'fused/GATConv mem | GATConv s | FusedGATConv s | fused/GATConv time '
-             '| fused first step s |',
+             f'| graph | nodes | edges | in | {ref} MB | {ours} MB | '
+             f'fused/{ref} mem | {ref} s | {ours} s | fused/{ref} time '
+             f'| fused first step s |',
              '|---|---|---|---|---|---|---|---|---|---|---|']
 
     def cell(method, g, key, fmt):
@@ -167,7 +183,7 @@ def format_table(results: Dict[tuple, Dict[str, Any]], graphs: List[str],
 
 
 def plot(results: Dict[tuple, Dict[str, Any]], graphs: List[str], path: str,
-         title: str) -> None:
+         title: str, labels: Dict[str, str] = LABELS) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -183,7 +199,7 @@ def plot(results: Dict[tuple, Dict[str, Any]], graphs: List[str], path: str,
                 if key in r:
                     xs.append(i + (k - 0.5) * width)
                     ys.append(r[key])
-            ax.bar(xs, ys, width, label=LABELS[method])
+            ax.bar(xs, ys, width, label=labels[method])
         ax.set_xticks(range(len(graphs)))
         ax.set_xticklabels([f'{g}\n{GRAPHS[g][1]:,} edges' for g in graphs], fontsize=8)
         ax.set_ylabel(ylabel)
@@ -198,7 +214,7 @@ def plot(results: Dict[tuple, Dict[str, Any]], graphs: List[str], path: str,
 
 def format_compile_table(results: Dict[tuple, Dict[str, Any]],
                          graphs: List[str], methods: List[str],
-                         caption: str) -> str:
+                         caption: str, labels: Dict[str, str] = LABELS) -> str:
     r"""Eager vs ``torch.compile`` per layer and graph, side by side."""
     lines = [caption, '',
              '| graph | layer | eager s | compiled s | compiled/eager time | '
@@ -210,7 +226,7 @@ def format_compile_table(results: Dict[tuple, Dict[str, Any]],
 
     for g in graphs:
         for method in methods:
-            row = [g, LABELS[method]]
+            row = [g, labels[method]]
             for key, fmt in (('seconds', '{:.3f}'), ('peak_mb', '{:.0f}')):
                 a, b = get(method, g, False, key), get(method, g, True, key)
                 row += [fmt.format(a) if a is not None else '-',
@@ -224,6 +240,7 @@ def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
     r"""``--compile``: every (graph, layer) eager and compiled, each
     measurement in a fresh process."""
     results: Dict[tuple, Dict[str, Any]] = {}
+    labels = LABELS_V2 if args.conv == 'gatv2' else LABELS
     configs = [(m, g, c) for g in args.graphs for m in args.methods
                for c in (False, True)]
     for method, g, compiled in tqdm(configs, desc='configurations'):
@@ -231,7 +248,7 @@ def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
         common = dict(method=method, nodes=nodes, edges=edges,
                       in_channels=in_channels, channels=args.channels,
                       heads=args.heads, device=args.device,
-                      threads=args.threads, compile=compiled)
+                      threads=args.threads, compile=compiled, conv=args.conv)
         try:
             result = run_in_fresh_process(measure, repeats=0, **common)
             if not args.skip_time:
@@ -239,7 +256,7 @@ def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
                     measure, repeats=args.repeats, **common))
         except RuntimeError as e:
             result = {'skipped': f'failed: {str(e).splitlines()[-1][:80]}'}
-            print(f'{LABELS[method]} on {g} (compile={compiled}): '
+            print(f'{labels[method]} on {g} (compile={compiled}): '
                   f'{result["skipped"]}')
         results[(method, g, compiled)] = result
     device = (torch.cuda.get_device_name() if args.device == 'cuda'
@@ -251,7 +268,8 @@ def run_compile_comparison(args) -> Dict[tuple, Dict[str, Any]]:
                f'mean of {args.repeats} step(s) after a warm-up step; peak '
                f'memory: growth of VmHWM during one step, default allocator '
                f'environment; every number from a fresh process.')
-    table = format_compile_table(results, args.graphs, args.methods, caption)
+    table = format_compile_table(results, args.graphs, args.methods, caption,
+                                 labels)
     print(table)
     if args.markdown:
         with open(args.markdown, 'w') as f:
@@ -276,12 +294,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
     parser.add_argument('--plot', default=None, help='also draw a bar chart here (PNG)')
     parser.add_argument('--compile', action='store_true',
                         help='eager vs torch.compile for every layer, one table')
+    parser.add_argument('--conv', default='gat', choices=['gat', 'gatv2'],
+                        help='GATConv vs FusedGATConv, or GATv2Conv vs FusedGATv2Conv')
     args = parser.parse_args(argv)
+    labels = LABELS_V2 if args.conv == 'gatv2' else LABELS
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda but CUDA is not available')
     if args.compile:
         return run_compile_comparison(args)
-    memory_env = LIVE_PEAK_MALLOC_ENV if args.device == 'cpu' else {}
+    memory_env = LIVE_PEAK_MALLOC_ENV if args.device == 'cpu' and \
+        args.conv == 'gat' else {}
 
     results: Dict[tuple, Dict[str, Any]] = {}
     configs = [(m, g) for g in args.graphs for m in args.methods]
@@ -297,19 +319,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
             if predicted > 0.8 * available_mb(args.device):
                 reason = (f'skipped: ~{predicted / 1024:.0f} GB predicted, '
                           f'{available_mb(args.device) / 1024:.0f} GB available')
-                print(f'{LABELS[method]} on {g}: {reason}')
+                print(f'{labels[method]} on {g}: {reason}')
                 results[(method, g)] = {'skipped': reason}
                 continue
         common = dict(method=method, nodes=nodes, edges=edges,
                       in_channels=in_channels, channels=args.channels,
-                      heads=args.heads, device=args.device, threads=args.threads)
+                      heads=args.heads, device=args.device, threads=args.threads,
+                      conv=args.conv)
         try:
             result = run_in_fresh_process(measure, env=memory_env, repeats=0, **common)
             if not args.skip_time:
                 result.update(run_in_fresh_process(measure, repeats=args.repeats, **common))
         except RuntimeError as e:
             result = {'skipped': f'failed: {str(e).split(":")[-1].strip()[:60]}'}
-            print(f'{LABELS[method]} on {g}: {result["skipped"]}')
+            print(f'{labels[method]} on {g}: {result["skipped"]}')
         results[(method, g)] = result
 
     device = (torch.cuda.get_device_name() if args.device == 'cuda'
@@ -317,17 +340,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
     malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', 'n/a')
     caption = (f'Device: {device}, torch {torch.__version__}; one layer, heads='
                f'{args.heads}, {args.channels} channels per head; fused path: '
-               f'{fused_path()}; memory runs: MALLOC_MMAP_THRESHOLD_={malloc}; '
+               f'{fused_path(args.conv)}; memory runs: MALLOC_MMAP_THRESHOLD_={malloc}; '
                f'time: mean of {args.repeats} step(s) after a warm-up step, '
                f'separate process.')
-    table = format_table(results, args.graphs, caption)
+    table = format_table(results, args.graphs, caption, labels)
     print(table)
     if args.markdown:
         with open(args.markdown, 'w') as f:
             f.write(table + '\n')
     if args.plot:
         plot(results, args.graphs, args.plot, caption.split(';')[0] + '; ' +
-             caption.split(';')[1])
+             caption.split(';')[1], labels)
     return results
 
 

@@ -71,6 +71,13 @@ GNF_HOST_DEVICE inline T gat_leaky_relu_grad(T raw, T slope) {
   return raw > T(0) ? T(1) : slope;
 }
 
+// d loss / d score of one edge/head, a * (k * <g_i, x_j> - D_i): the
+// softmax backward of attention-weighted sums, shared by GAT and GATv2.
+template <typename T>
+GNF_HOST_DEVICE inline T gat_grad_score(T a, T k, T dot_gx, T D) {
+  return a * (k * dot_gx - D);
+}
+
 // Gradient of the pre-activation score of one edge/head:
 //   ds = a * (k * <g_i, x_j> - D_i),  draw = ds * leaky'(raw)
 // with a the softmax weight, k = keep / (1 - p) (1 without dropout) and
@@ -78,7 +85,7 @@ GNF_HOST_DEVICE inline T gat_leaky_relu_grad(T raw, T slope) {
 template <typename T>
 GNF_HOST_DEVICE inline T gat_grad_raw(T a, T k, T dot_gx, T D, T raw,
                                       T slope) {
-  return a * (k * dot_gx - D) * gat_leaky_relu_grad(raw, slope);
+  return gat_grad_score(a, k, dot_gx, D) * gat_leaky_relu_grad(raw, slope);
 }
 
 // ---------------------------------------------------------------------------

@@ -25,44 +25,14 @@
 
 #include <cmath>
 
+#include "cuda/warp_utils.cuh"
 #include "gat_attention.h"
 #include "gat_attention_math.h"
 
 namespace gnf {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kWarpsPerBlock = 8;
-constexpr int kThreads = kWarpSize * kWarpsPerBlock;
-
-__device__ __forceinline__ float dev_exp(float v) { return ::expf(v); }
-__device__ __forceinline__ double dev_exp(double v) { return ::exp(v); }
-__device__ __forceinline__ float dev_log(float v) { return ::logf(v); }
-__device__ __forceinline__ double dev_log(double v) { return ::log(v); }
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;  // every lane holds the sum
-}
-
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const T o = __shfl_xor_sync(0xffffffffu, v, offset);
-    v = o > v ? o : v;
-  }
-  return v;
-}
-
-template <typename acc_t>
-struct DropoutArgs {
-  bool active;
-  uint32_t key;
-  uint64_t threshold;
-  acc_t scale;
-};
+using namespace cuda;  // warp_utils.cuh
 
 template <typename scalar_t, typename acc_t, typename index_t>
 __device__ __forceinline__ acc_t raw_score(const scalar_t* a_src,
@@ -241,11 +211,6 @@ void launch_forward(unsigned int blocks, cudaStream_t stream,
         E, H, C, slope, drop);
 }
 
-inline unsigned int num_blocks(int64_t warps) {
-  return static_cast<unsigned int>((warps + kWarpsPerBlock - 1) /
-                                   kWarpsPerBlock);
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cuda(
@@ -279,11 +244,7 @@ std::tuple<at::Tensor, at::Tensor> gat_attention_forward_cuda(
       at::kHalf, at::kBFloat16, x.scalar_type(), "gat_attention_forward_cuda",
       [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        DropoutArgs<acc_t> drop{dropout > 0, gat_dropout_key(seed),
-                                gat_keep_threshold(dropout),
-                                static_cast<acc_t>(dropout < 1
-                                                       ? 1.0 / (1.0 - dropout)
-                                                       : 0.0)};
+        const auto drop = make_dropout<acc_t>(dropout, seed);
         AT_DISPATCH_INDEX_TYPES(col.scalar_type(), "gat_attention_forward_cuda",
                                 [&] {
           launch_forward<scalar_t, index_t>(
@@ -344,11 +305,7 @@ gat_attention_backward_cuda(
         at::kHalf, at::kBFloat16, x.scalar_type(),
         "gat_attention_backward_cuda", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          DropoutArgs<acc_t> drop{dropout > 0, gat_dropout_key(seed),
-                                  gat_keep_threshold(dropout),
-                                  static_cast<acc_t>(
-                                      dropout < 1 ? 1.0 / (1.0 - dropout)
-                                                  : 0.0)};
+          const auto drop = make_dropout<acc_t>(dropout, seed);
           AT_DISPATCH_INDEX_TYPES(
               col.scalar_type(), "gat_attention_backward_cuda", [&] {
                 backward_kernel<scalar_t, index_t>

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv
 from torch_geometric.nn.inits import reset
 
-from torch_geometric_gnf.nn import ReversibleMessagePassing
+from torch_geometric_gnf.nn import FusedGATv2Conv, ReversibleMessagePassing
 
 ConvFactory = Callable[[int, int], torch.nn.Module]
 
@@ -36,15 +36,18 @@ def _conv_factory(conv: Union[str, ConvFactory], heads: int,
     if conv == 'gin':
         return lambda i, o: GINConv(torch.nn.Sequential(
             torch.nn.Linear(i, o), torch.nn.ReLU(), torch.nn.Linear(o, o)))
-    if conv == 'gat':
+    if conv in ('gat', 'gatv2'):
+        cls = GATConv if conv == 'gat' else FusedGATv2Conv
+
         def gat(i: int, o: int) -> torch.nn.Module:
             if o % heads != 0:
                 raise ValueError(f"GAT output width {o} is not divisible by "
                                  f"heads={heads}")
-            return GATConv(i, o // heads, heads=heads, dropout=attention_dropout)
+            return cls(i, o // heads, heads=heads, dropout=attention_dropout)
         return gat
-    raise ValueError(f"Unknown conv '{conv}' (use 'gcn', 'gat', 'sage', 'gin' "
-                     f"or a factory (in_channels, out_channels) -> Module)")
+    raise ValueError(f"Unknown conv '{conv}' (use 'gcn', 'gat', 'gatv2', "
+                     f"'sage', 'gin' or a factory (in_channels, out_channels) "
+                     f"-> Module)")
 
 
 def num_distinct_steps(num_layers: int, shared_weights: bool) -> int:
@@ -136,11 +139,13 @@ class GRevNet(torch.nn.Module):
         out_channels (int): Number of outputs (classes).
         num_layers (int): Number of reversible steps.
         conv (str or callable, optional): :obj:`"gcn"`, :obj:`"gat"`,
+            :obj:`"gatv2"` (:class:`~torch_geometric_gnf.nn.FusedGATv2Conv`),
             :obj:`"sage"`, :obj:`"gin"` or a factory
             :obj:`(in_channels, out_channels) -> Module`. (default: :obj:`"gcn"`)
         coupling (str, optional): :obj:`"additive"` or :obj:`"affine"`.
             (default: :obj:`"additive"`)
-        heads (int, optional): Attention heads for :obj:`conv="gat"`.
+        heads (int, optional): Attention heads for :obj:`conv="gat"` and
+            :obj:`"gatv2"`.
             (default: :obj:`1`)
         dropout (float, optional): Feature dropout. (default: :obj:`0.0`)
         attention_dropout (float, optional): Attention dropout for GAT.

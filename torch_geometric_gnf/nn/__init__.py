@@ -6,6 +6,7 @@ from .invertible_linear import InvertibleLinear
 from .dense_attention import (DenseAttentionBlock, DenseAttentionCoupling,
                               DenseLayout, DenseSelfAttention)
 from .fused_gat_conv import FusedGATConv
+from .fused_gatv2_conv import FusedGATv2Conv
 from .to_fused import to_fused
 from .convert_to_reversible import ReversibleGATStack, convert_to_reversible
 
@@ -19,6 +20,7 @@ __all__ = [
     'DenseAttentionCoupling',
     'DenseLayout',
     'FusedGATConv',
+    'FusedGATv2Conv',
     'to_fused',
     'convert_to_reversible',
     'ReversibleGATStack',

@@ -10,6 +10,9 @@ from torch_geometric_gnf.ops.csr import (CSRGraph, build_csr, cached_csr,
 from torch_geometric_gnf.ops.gat_attention import (
     dropout_keep_mask, fused_gat_attention, fused_gat_attention_reference,
     gat_attention_weights)
+from torch_geometric_gnf.ops.gatv2_attention import (
+    fused_gatv2_attention, fused_gatv2_attention_reference,
+    gatv2_attention_weights)
 from torch_geometric_gnf.ops.inplace_activation import (
     elu_inverse, inplace_elu, inplace_leaky_relu, leaky_relu_inverse,
     recompute)
@@ -29,6 +32,9 @@ __all__ = [
     'fused_gat_attention_reference',
     'gat_attention_weights',
     'dropout_keep_mask',
+    'fused_gatv2_attention',
+    'fused_gatv2_attention_reference',
+    'gatv2_attention_weights',
     'inplace_leaky_relu',
     'inplace_elu',
     'leaky_relu_inverse',
