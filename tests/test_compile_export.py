@@ -115,6 +115,10 @@ def test_export_flow_log_prob(path):
                                model(x, ei, batch), rtol=1e-10, atol=1e-10)
 
 
+# Tracing records the Python-side shape checks as constants and says so
+# (TracerWarning); torch also marks jit.trace itself as deprecated.
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace:DeprecationWarning')
 def test_jit_trace_fused_gat_conv(path):
     conv = make_conv().eval()
     x, ei, _ = features_and_graph(12, 40)

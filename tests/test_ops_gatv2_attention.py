@@ -9,11 +9,10 @@ from torch_geometric_gnf.ops import (build_csr, cached_csr, dropout_keep_mask,
                                      gatv2_attention_weights)
 from torch_geometric_gnf.utils import set_input_checks
 
-# The awkward graphs, the two-path fixture and the comparison helpers of the
-# GAT op's tests.
-from test_ops_gat_attention import (TOL, assert_close_all,  # noqa: F401
-                                    awkward_graph, needs_ext,
-                                    outputs_and_grads, path)
+# The awkward graphs and the comparison helpers of the GAT op's tests (the
+# two-path fixture `path` comes from conftest.py).
+from test_ops_gat_attention import (TOL, assert_close_all, awkward_graph,
+                                    needs_ext, outputs_and_grads)
 
 
 def make_inputs(num_src, num_dst, E, H, C, dtype, edge_dim=0, seed=0):

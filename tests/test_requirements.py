@@ -21,7 +21,11 @@ DISTRIBUTION = {
     'matplotlib': 'matplotlib', 'pytest': 'pytest', 'sphinx': 'sphinx',
     'torch_scatter': 'torch-scatter', 'torch_sparse': 'torch-sparse',
 }
-LOCAL = {'torch_geometric_gnf', 'conftest', 'pubmed_memory', 'setup'}
+# The package, setup.py and the repository's own scripts (tests import
+# benchmark and example modules by name).
+LOCAL = {'torch_geometric_gnf', 'setup'} | {
+    f[:-3] for folder in ('examples', 'benchmarks', 'tests')
+    for f in os.listdir(os.path.join(REPO, folder)) if f.endswith('.py')}
 
 
 def declared():
