@@ -10,7 +10,9 @@ One forward + backward pass on a random graph (default 50,000 nodes,
 * ``fused``    - ``ReversibleMessagePassing`` with ``FusedGATConv(32, 8, heads=4)``
   as F and G (the same weights' shapes; fused attention kernel);
 * ``ours_off`` / ``fused_off`` (not run by default) - ``ours`` / ``fused``
-  with the library's memory release turned off (``GNF_MEMORY_RELEASE=0``).
+  with the library's memory release turned off (``GNF_MEMORY_RELEASE=0``);
+* ``fusedv2`` (not run by default) - ``ReversibleMessagePassing`` with
+  ``FusedGATv2Conv(32, 8, heads=4)`` as F and G (memory only).
 
 CPU: every configuration runs in a fresh process started from this script
 (``python memory_vs_depth.py --child ...``) in the default environment
@@ -50,11 +52,12 @@ from tqdm import tqdm
 # processes must not load it (nor its extension and memory release).
 
 METHODS = ('gatconv', 'groupaddrev', 'ours', 'fused')
-EXTRA_METHODS = ('ours_off', 'fused_off')
+EXTRA_METHODS = ('ours_off', 'fused_off', 'fusedv2')
 COLUMNS = {'gatconv': 'GATConv', 'groupaddrev': 'GroupAddRev', 'ours': 'ours',
            'fused': 'ours+FusedGATConv', 'ours_off': 'ours (no release)',
-           'fused_off': 'ours+FusedGATConv (no release)'}
-OURS = ('ours', 'fused', 'ours_off', 'fused_off')
+           'fused_off': 'ours+FusedGATConv (no release)',
+           'fusedv2': 'ours+FusedGATv2Conv'}
+OURS = ('ours', 'fused', 'ours_off', 'fused_off', 'fusedv2')
 MMAP_THRESHOLD_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 RELEASE_OFF_ENV = {'GNF_MEMORY_RELEASE': '0'}
 
@@ -83,8 +86,10 @@ def build_model(method: str, depth: int, channels: int, heads: int) -> torch.nn.
         layers = [GroupAddRev(GATConv(half, half // heads, heads=heads), num_groups=2)
                   for _ in range(depth)]
     elif method in OURS:
-        from torch_geometric_gnf.nn import FusedGATConv, ReversibleMessagePassing
-        conv = FusedGATConv if method.startswith('fused') else GATConv
+        from torch_geometric_gnf.nn import (FusedGATConv, FusedGATv2Conv,
+                                            ReversibleMessagePassing)
+        conv = (FusedGATv2Conv if method == 'fusedv2' else
+                FusedGATConv if method.startswith('fused') else GATConv)
         layers = [ReversibleMessagePassing(conv(half, half // heads, heads=heads),
                                            conv(half, half // heads, heads=heads))
                   for _ in range(depth)]
@@ -248,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
                 results[(method, depth)] = measure(**config)
                 torch.cuda.empty_cache()
             else:
-                extra = RELEASE_OFF_ENV if method in EXTRA_METHODS else {}
+                extra = RELEASE_OFF_ENV if method.endswith('_off') else {}
                 results[(method, depth)] = measure_in_child(config, {**env, **extra})
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[0].strip()[:40]}
