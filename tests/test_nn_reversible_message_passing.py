@@ -206,7 +206,7 @@ def test_backward_accumulates_into_param_grad_and_trains():
         loss = (run_stack(blocks, x, edge_index) - target).pow(2).mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
 
 
