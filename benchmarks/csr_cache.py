@@ -1,11 +1,12 @@
 r"""Cost of a verified CSR cache hit against the build it replaces.
 
-A hit of :func:`torch_geometric_gnf.ops.cached_csr` is checked against the
-graph's current contents (:func:`~torch_geometric_gnf.ops.csr.csr_matches`,
-O(E)); a miss sorts the edges twice (:func:`~torch_geometric_gnf.ops.
-build_csr`). This prints both, side by side in one process, for
-FusedGATConv's self-looped graph and for a graph as given (both columns
-include deriving that graph from ``edge_index``, which every call does):
+A hit of :func:`torch_geometric_gnf.ops.cached_csr` compares the graph's
+current contents with the snapshot the entry took at build time (exact,
+O(E), no O(E) allocation); a miss derives the graph the CSR is of (for
+FusedGATConv, the self-looped edge list) and sorts its edges twice
+(:func:`~torch_geometric_gnf.ops.build_csr`). This prints both, side by
+side in one process, for FusedGATConv's self-looped graph and for a graph
+as given, with the bytes a hit allocates:
 
     python benchmarks/csr_cache.py [--threads 1] [--repeats 5]
 """
@@ -29,6 +30,14 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def allocated_by(fn: Callable[[], object]) -> int:
+    r"""Bytes of the tensors :obj:`fn` allocates (torch profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--threads', type=int, default=1)
@@ -36,8 +45,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print('| nodes | edges | self-looped: build ms | hit ms | hit/build '
-          '| as given: build ms | hit ms | hit/build |')
-    print('|---|---|---|---|---|---|---|---|')
+          '| as given: build ms | hit ms | hit/build | bytes a hit allocates |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for n, e in GRAPHS:
         ei = torch.randint(0, n, (2, e))
         clear_csr_cache()
@@ -51,6 +60,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             hit = seconds(lambda: _dense_csr(ei, n, n, loops), args.repeats)
             row += [f'{build * 1e3:.1f}', f'{hit * 1e3:.1f}',
                     f'{hit / build:.2f}']
+        row.append(f'{allocated_by(lambda: _dense_csr(ei, n, n, n)):,}')
         print('| ' + ' | '.join(row) + ' |')
 
 

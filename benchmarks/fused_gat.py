@@ -15,9 +15,11 @@ input features and the graph):
 
 Every configuration runs in a fresh process. Peak memory is the growth of
 peak RSS (``VmHWM``: ``ru_maxrss`` of the process itself) during the first
-step on the graph (CPU; after a warm-up step on
-a tiny graph, with glibc's mmap threshold fixed so that RSS follows the live
-peak) or ``torch.cuda.max_memory_allocated`` (CUDA). This first step includes
+step on the graph (CPU; after a warm-up step on a tiny graph, in the default
+environment: glibc's default allocator, no ``MALLOC_*`` variables;
+``--malloc-mmap-threshold`` fixes glibc's mmap threshold so that RSS follows
+the live peak, for analysis only) or ``torch.cuda.max_memory_allocated``
+(CUDA). This first step includes
 building the fused layer's self-looped graph and CSR. Time is the mean of
 ``--repeats`` steps after a warm-up step, in a separate fresh process with
 glibc's default allocator (the CSR is cached by then, as in training on a
@@ -296,14 +298,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
                         help='eager vs torch.compile for every layer, one table')
     parser.add_argument('--conv', default='gat', choices=['gat', 'gatv2'],
                         help='GATConv vs FusedGATConv, or GATv2Conv vs FusedGATv2Conv')
+    parser.add_argument('--malloc-mmap-threshold', action='store_true',
+                        help="analysis only: memory runs with glibc's mmap "
+                             "threshold fixed (RSS follows the live peak)")
     args = parser.parse_args(argv)
+    if args.malloc_mmap_threshold and args.device != 'cpu':
+        parser.error('--malloc-mmap-threshold is a CPU (glibc) setting')
     labels = LABELS_V2 if args.conv == 'gatv2' else LABELS
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda but CUDA is not available')
     if args.compile:
         return run_compile_comparison(args)
-    memory_env = LIVE_PEAK_MALLOC_ENV if args.device == 'cpu' and \
-        args.conv == 'gat' else {}
+    memory_env = LIVE_PEAK_MALLOC_ENV if args.malloc_mmap_threshold else {}
 
     results: Dict[tuple, Dict[str, Any]] = {}
     configs = [(m, g) for g in args.graphs for m in args.methods]
@@ -337,7 +343,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
 
     device = (torch.cuda.get_device_name() if args.device == 'cuda'
               else f'cpu, {args.threads} threads')
-    malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', 'n/a')
+    malloc = memory_env.get('MALLOC_MMAP_THRESHOLD_', "unset (glibc's default malloc)")
     caption = (f'Device: {device}, torch {torch.__version__}; one layer, heads='
                f'{args.heads}, {args.channels} channels per head; fused path: '
                f'{fused_path(args.conv)}; memory runs: MALLOC_MMAP_THRESHOLD_={malloc}; '

@@ -19,7 +19,9 @@ CPU: every configuration runs in a fresh process started from this script
 (glibc's default ``malloc``, no ``MALLOC_*`` variables).  The PyG baselines'
 processes never import ``torch_geometric_gnf``: they run as PyG's users run
 them.  Peak memory is the growth of peak RSS (``VmHWM``) over the first full
-step; then ``--repeats`` more steps are timed.  For ``ours`` and ``fused``
+step, the median of ``--memory-runs`` such processes (the same step's
+resident peak varies by several MB from process to process with where
+glibc's heap lands); in the first, ``--repeats`` more steps are timed.  For ``ours`` and ``fused``
 the timed steps alternate between the memory release on and off in the same
 process (side by side, so machine load hits both alike): the table's
 ``s`` column is with the release, ``s (no release)`` without.
@@ -168,6 +170,19 @@ def measure_in_child(config: Dict[str, Any], env: Dict[str, str]) -> Dict[str, A
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure_repeatedly(config: Dict[str, Any], env: Dict[str, str],
+                       runs: int) -> Dict[str, Any]:
+    r""":func:`measure_in_child` in :obj:`runs` fresh processes (timed steps
+    only in the first): the peak is their median. Where glibc's heap lands
+    in the address space varies from process to process, and with it the
+    resident size of the same step by several MB."""
+    first = measure_in_child(config, env)
+    peaks = [first['peak_mb']] + [
+        measure_in_child({**config, 'repeats': 0}, env)['peak_mb']
+        for _ in range(runs - 1)]
+    return {**first, 'peak_mb': sorted(peaks)[len(peaks) // 2], 'peak_mb_runs': peaks}
+
+
 def available_mb() -> float:
     with open('/proc/meminfo') as f:
         for line in f:
@@ -191,6 +206,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help='timed steps per configuration after the measured '
                              'one (default: 2 on CPU, 1 on CUDA); 0: memory only')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--memory-runs', type=int, default=3,
+                        help='CPU: fresh processes per configuration; the '
+                             'peak memory is their median')
     parser.add_argument('--markdown', default=None, help='also write the table here')
     parser.add_argument('--malloc-mmap-threshold', action='store_true',
                         help='analysis only: MALLOC_MMAP_THRESHOLD_=131072 in '
@@ -202,8 +220,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is None:
-        if min(args.depths) < 1 or args.nodes < 1 or args.edges < 1:
-            parser.error('--depths, --nodes and --edges must be positive')
+        if min(args.depths) < 1 or args.nodes < 1 or args.edges < 1 or \
+                args.memory_runs < 1:
+            parser.error('--depths, --nodes, --edges and --memory-runs must be '
+                         'positive')
         if args.channels % (2 * args.heads) != 0:
             parser.error(f'--channels ({args.channels}) must be divisible by '
                          f'2 * --heads ({2 * args.heads})')
@@ -254,7 +274,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
                 torch.cuda.empty_cache()
             else:
                 extra = RELEASE_OFF_ENV if method.endswith('_off') else {}
-                results[(method, depth)] = measure_in_child(config, {**env, **extra})
+                results[(method, depth)] = measure_repeatedly(
+                    config, {**env, **extra}, args.memory_runs)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[0].strip()[:40]}
             if cuda:
@@ -306,7 +327,11 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
     if args.device.startswith('cuda'):
         how = 'torch.cuda.max_memory_allocated, all configurations in one process'
     else:
-        how = ('peak RSS growth (VmHWM), a fresh process per configuration; '
+        runs = [r['peak_mb_runs'] for r in results.values() if 'peak_mb_runs' in r]
+        spread = max((max(p) - min(p) for p in runs), default=0.0)
+        how = ('peak RSS growth (VmHWM), the median of '
+               f'{max((len(p) for p in runs), default=1)} fresh processes per '
+               f'configuration (largest spread between them: {spread:.0f} MB); '
                'MALLOC_MMAP_THRESHOLD_=' + env.get('MALLOC_MMAP_THRESHOLD_', "unset (glibc's default malloc)"))
     lines = [f'Device: {args.device}, {torch.get_num_threads()} threads, torch '
              f'{torch.__version__}; graph: {args.nodes:,} nodes, {args.edges:,} '

@@ -21,13 +21,16 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
     md = str(tmp_path / 't.md')
     results = bench.main(['--nodes', '300', '--edges', '1500', '--depths', '2',
                           '--methods', 'groupaddrev', 'ours', '--repeats', '1',
-                          '--markdown', md])
+                          '--memory-runs', '2', '--markdown', md])
     rev, ours = results[('groupaddrev', 2)], results[('ours', 2)]
     assert not rev['imports_gnf'] and ours['imports_gnf']  # PyG as its users run it
     assert rev['seconds'] > 0 and 'seconds_no_release' not in rev
     assert ours['seconds'] > 0 and ours['seconds_no_release'] > 0
+    for r in (rev, ours):  # the median of two fresh processes
+        assert len(r['peak_mb_runs']) == 2 and r['peak_mb'] in r['peak_mb_runs']
     text = open(md).read()
     assert "MALLOC_MMAP_THRESHOLD_=unset (glibc's default malloc)" in text
+    assert 'the median of 2 fresh processes' in text
     assert 'ours s (no release)' in text and 'ours time release on/off' in text
 
 
@@ -56,6 +59,7 @@ def test_cuda_path_runs_in_process(bench, monkeypatch):
 def test_bad_arguments(bench, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for argv in (['--device', 'tpu'], ['--channels', '30'], ['--depths', '0'],
+                 ['--memory-runs', '0'],
                  ['--device', 'cuda', '--malloc-mmap-threshold']):
         with pytest.raises(SystemExit):
             bench.main(argv)

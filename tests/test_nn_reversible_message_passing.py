@@ -54,6 +54,16 @@ def grads_of(blocks, x, edge_index, seed=123):
     return out.detach(), torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
+def plain_and_saving(plain, x, edge_index):
+    r"""Outputs and gradients of a plain stack and of a memory-saving copy
+    (and that copy)."""
+    saving = copy.deepcopy(plain)
+    for block in saving:
+        block.memory_saving = True
+    return (grads_of(plain, x, edge_index), grads_of(saving, x, edge_index),
+            saving)
+
+
 @pytest.mark.parametrize('conv', CONVS)
 @pytest.mark.parametrize('coupling,pair', [('additive', False), ('affine', False),
                                            ('affine', True)])
@@ -61,11 +71,7 @@ def test_memory_saving_gradients_equal_autograd(conv, coupling, pair):
     edge_index = random_graph()
     x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
     plain = make_stack(conv, 8, 3, coupling, memory_saving=False, pair=pair)
-    saving = copy.deepcopy(plain)
-    for block in saving:
-        block.memory_saving = True
-    out_a, grads_a = grads_of(plain, x, edge_index)
-    out_b, grads_b = grads_of(saving, x, edge_index)
+    (out_a, grads_a), (out_b, grads_b), _ = plain_and_saving(plain, x, edge_index)
     assert torch.allclose(out_a, out_b, atol=1e-12, rtol=0)
     assert len(grads_a) == len(grads_b) == 1 + len(list(plain.parameters()))
     for a, b in zip(grads_a, grads_b):
@@ -316,3 +322,25 @@ def test_second_order_gradients_need_memory_saving_off():
                                 create_graph=True)
     (gg, ) = torch.autograd.grad(g.pow(2).sum(), x)
     assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+@pytest.mark.parametrize('split_dims', [(-1, -1, -1), (1, -1, 1)])
+def test_rebuilt_input_handed_back_as_halves_or_merged(split_dims):
+    # A step hands its rebuilt input to its predecessor as two halves when
+    # both split the same way (no merged copy), merged otherwise; either way
+    # the gradients are plain autograd's, also when the retained graph is
+    # backpropagated a second time.
+    edge_index = random_graph()
+    x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
+    plain = make_stack('gcn', 8, 3, 'affine', memory_saving=False)
+    for block, dim in zip(plain, split_dims):
+        block.split_dim = dim
+    (out_a, grads_a), (out_b, grads_b), saving = plain_and_saving(plain, x,
+                                                                  edge_index)
+    assert torch.allclose(out_a, out_b, atol=1e-12, rtol=0)
+    for a, b in zip(grads_a, grads_b):
+        assert_close(a, b)
+    out = run_stack(saving, x, edge_index)
+    first = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
+    second = torch.autograd.grad(out.sum(), x)[0]
+    assert torch.equal(first, second)

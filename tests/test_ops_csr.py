@@ -193,3 +193,52 @@ def test_csr_matches_is_exact():
     moved = ei.clone()
     moved[1, 0] = (int(moved[1, 0]) + 1) % 7
     assert not csr_matches(csr, moved)
+
+
+def test_cached_csr_hit_builds_no_derived_graph(monkeypatch):
+    # A hit is verified against the snapshot: the derived graph (tens of
+    # bytes an edge) is built once, not in every layer's call.
+    from torch_geometric_gnf.ops import csr as csr_module
+    clear_csr_cache()
+    ei = bipartite_graph(8, 8, 20)
+    calls = []
+
+    def derived():
+        calls.append(1)
+        return ei.flip(0)
+
+    first = cached_csr(ei, 8, 8, variant='flipped', graph=derived)
+    monkeypatch.setattr(csr_module, '_VERIFY_CHUNK', 3)  # several chunks
+    assert cached_csr(ei, 8, 8, variant='flipped', graph=derived) is first
+    assert len(calls) == 1
+    ei.data[0, 19] = (int(ei[0, 19]) + 1) % 8  # in the last chunk
+    rebuilt = cached_csr(ei, 8, 8, variant='flipped', graph=derived)
+    assert len(calls) == 2
+    fresh = build_csr(ei.flip(0), 8, 8)
+    for name in ('rowptr', 'col', 'perm', 'src_slot'):
+        assert torch.equal(getattr(rebuilt, name), getattr(fresh, name)), name
+
+
+def test_cached_csr_snapshot_compares_in_callers_dtype():
+    # The snapshot is int32; a later value that would wrap onto it in int32
+    # must not be a hit.
+    clear_csr_cache()
+    ei = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    first = cached_csr(ei, 3, 3)
+    ei.data[0, 0] = 2**32  # int32(2**32) == 0
+    with pytest.raises(ValueError, match="'edge_index' source indices"):
+        cached_csr(ei, 3, 3)
+    ei.data[0, 0] = 0
+    # the entry still matches the restored contents: a valid hit
+    assert cached_csr(ei, 3, 3) is first
+
+
+def test_fused_conv_checks_int64_indices_before_narrowing():
+    # add_self_loops=False: the index used to be cast to int32 before the
+    # range check, so 2**32 + 1 wrapped to 1 and ran silently.
+    from torch_geometric_gnf.nn import FusedGATConv
+    clear_csr_cache()
+    conv = FusedGATConv(4, 2, add_self_loops=False)
+    ei = torch.tensor([[0, 2**32 + 1], [1, 2]])
+    with pytest.raises(ValueError, match="'edge_index' source indices"):
+        conv(torch.randn(10, 4), ei)

@@ -175,6 +175,44 @@ def test_attention_weights(edge_dim):
     torch.testing.assert_close(a, ref, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize('edge_dim', [0, 2])
+def test_attention_weights_in_chunks(edge_dim, monkeypatch):
+    # Large graphs: chunks of edges, checkpointed. Same values and
+    # gradients as one pass, and autograd saves no [E, H, C] tensor.
+    from torch_geometric_gnf.ops import gatv2_attention as module
+    ei = awkward_graph(12, 12, 70, seed=4)
+    csr = build_csr(ei, 12, 12)
+    E, H, C = ei.size(1), 2, 3
+    inputs = [None if v is None else v.requires_grad_()
+              for v in make_inputs(12, 12, E, H, C, torch.float64, edge_dim,
+                                   seed=4)]
+    weight = torch.randn(E, H, dtype=torch.float64)
+
+    def run():
+        a = gatv2_attention_weights(*inputs[:3], csr, *inputs[3:])
+        grads = torch.autograd.grad((a * weight).sum(),
+                                    [v for v in inputs if v is not None])
+        return a.detach(), grads
+
+    whole, whole_grads = run()
+    monkeypatch.setattr(module, '_WEIGHTS_CHUNK', 16)  # 5 chunks
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        chunked, chunked_grads = run()
+    torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=0)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert saved and max(t.numel() for t in saved) < E * H * C
+    with torch.no_grad():
+        torch.testing.assert_close(
+            gatv2_attention_weights(*inputs[:3], csr, *inputs[3:]), whole,
+            atol=1e-13, rtol=0)
+
+
 def test_seed_drawn_from_torch_generator_replays(path):
     ei = awkward_graph(8, 8, 30, seed=9)
     csr = build_csr(ei, 8, 8)

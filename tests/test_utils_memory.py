@@ -56,8 +56,9 @@ def test_release_runs_after_each_forward_and_backward(trims):
             h = layer(h, ei)
         assert len(trims) == 3  # one per step's forward
         h.sum().backward()
-    # and one after each half-step's recomputation in backward
-    assert len(trims) == 9 and set(trims) == {0}
+    # and two per half-step in backward (after its recomputed forward and
+    # after its gradients)
+    assert len(trims) == 3 + 3 * 2 * 2 and set(trims) == {0}
 
 
 def test_small_steps_and_inference_skip_the_release(trims):
@@ -76,14 +77,14 @@ def test_release_can_be_turned_off(trims, monkeypatch):
     with memory_release(True):  # context manager restores the setting
         assert memory_release_enabled()
         step_grads(model, x, ei)
-    assert len(trims) == 6 and not memory_release_enabled()  # 2 steps x 3
+    assert len(trims) == 10 and not memory_release_enabled()  # 2 steps x 5
 
     set_memory_release(True)
     monkeypatch.setattr(memory, '_enabled', None)  # environment decides
     monkeypatch.setenv(memory.ENV_VAR, '0')
     assert not memory_release_enabled()
     step_grads(model, x, ei)
-    assert len(trims) == 6
+    assert len(trims) == 10
     monkeypatch.setenv(memory.ENV_VAR, '1')
     assert memory_release_enabled()
 
@@ -96,7 +97,7 @@ def test_gradients_unchanged_by_the_release():
     with memory_release(True, min_bytes=0):
         on = step_grads(model, x, ei)
     if memory_release_available():
-        assert memory.memory_release_stats()['calls'] == before + 9  # really trimmed
+        assert memory.memory_release_stats()['calls'] == before + 15  # really trimmed
     for a, b in zip(off, on):
         assert torch.equal(a, b)
 

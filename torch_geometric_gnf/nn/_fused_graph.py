@@ -106,10 +106,11 @@ def _dense_csr(edge_index: Tensor, num_src: int, num_dst: int,
     dtype = torch.int32 if max(num_src, num_dst) < 2**31 else torch.int64
 
     def graph() -> Tensor:
+        # Bounds first, on the caller's values: a narrowing cast could wrap
+        # a bad index into range, and dropping self-loops could hide one.
+        check_index_range(edge_index, num_src, num_dst, 'FusedGATConv')
         if loops is None:
             return edge_index.to(dtype)
-        # Bounds first: dropping the self-loops could hide a bad index.
-        check_index_range(edge_index, num_src, num_dst, 'FusedGATConv')
         return looped_edge_index(edge_index, loops, dtype, keep)
 
     return cached_csr(edge_index, num_src, num_dst,
@@ -232,7 +233,10 @@ def _from_dense(edge_index: Tensor, edge_attr: Optional[Tensor],
         num_dst = size[1] if size is not None and size[1] is not None else num_src
     _check_edge_attr(edge_attr, edge_index.size(1))
     loops = loops_for if add_self_loops else None
-    keep = None if loops is None else edge_index[0] != edge_index[1]
+    # The non-loop mask only where the edge features need it too (one mask:
+    # one data-dependent edge count when traced); a cache hit needs none.
+    keep = edge_index[0] != edge_index[1] \
+        if loops is not None and edge_attr is not None else None
     csr = _dense_csr(edge_index, num_src, num_dst, loops, keep)
     if loops is not None and edge_attr is not None:
         # GATConv's loop features: fill_value, or a reduction over each

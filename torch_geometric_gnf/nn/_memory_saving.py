@@ -69,6 +69,9 @@ def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
         rebuilt, _ = block._couple(out, s, t, call, True)
     rebuilt_ = rebuilt.detach().requires_grad_(need_rebuilt)
     out_, log_det = block._couple(rebuilt_, s, t, call, False)
+    # Twice per half-step (here and after its gradients): what the heap
+    # touches between two releases adds to the peak (utils.memory).
+    release_freed_memory(rebuilt)
     inputs = [known_] * need_known + [rebuilt_] * need_rebuilt + wrt
     grads = _grad([out_, log_det], [grad_out, grad_log_det], inputs)
     grad_known = grads.pop(0) if need_known else None
@@ -132,18 +135,23 @@ class ReversibleFunction(torch.autograd.Function):
         if ctx.output_from_successor:
             ctx.output = None  # handed over by the successor; free it now
         block, rng = ctx.block, ctx.rng
+        # Halves handed back by the successor are separate tensors: each is
+        # dropped as soon as its half-step has rebuilt the input from it.
+        y0, y1 = y if isinstance(y, tuple) else block._split(y)
+        device = y0.device
+        del y
         need_x = ctx.needs_input_grad[3]
         grad_args = list(ctx.grad_args)
         leaves = [a.detach().requires_grad_() for a in grad_args]
         call = _substitute(ctx.call, grad_args, leaves)
         wrt = leaves + list(ctx.params)
         if grad_y is None:
-            grad_y = torch.zeros_like(y)
-        gy0, gy1 = block._split(grad_y)
-        y0, y1 = block._split(y)
+            gy0, gy1 = torch.zeros_like(y0), torch.zeros_like(y1)
+        else:
+            gy0, gy1 = block._split(grad_y)
         grads: List[Optional[Tensor]] = [None] * len(wrt)
 
-        with torch.enable_grad(), _forked_rng(y.device):
+        with torch.enable_grad(), _forked_rng(device):
             x0, gx0 = y0, gy0
             if block.g is not None:  # second half-step: y0 = c(x0; G(y1))
                 x0, g_y1, gx0, g_wrt = _backward_half_step(
@@ -151,10 +159,12 @@ class ReversibleFunction(torch.autograd.Function):
                     grad_log_det, True, need_x, wrt)
                 gy1 = _add(gy1, g_y1)
                 grads = [_add(a, b) for a, b in zip(grads, g_wrt)]
+            del y0
             # first half-step: y1 = c(x1; F(x0))
             x1, g_x0, gx1, g_wrt = _backward_half_step(
                 block, block.f, 'f', rng[0], call, x0, y1, gy1, grad_log_det,
                 need_x, need_x, wrt)
+            del y1
             grads = [_add(a, b) for a, b in zip(grads, g_wrt)]
         grad_x = None
         if need_x:
@@ -162,8 +172,12 @@ class ReversibleFunction(torch.autograd.Function):
             grad_x = block._merge(_or_zeros(gx0, x0), _or_zeros(gx1, x1))
 
         if ctx.predecessor is not None:  # hand the rebuilt input back (kept
-            # linked so that a retained graph can be backpropagated again)
-            ctx.predecessor.output = block._merge(x0, x1)
+            # linked so that a retained graph can be backpropagated again),
+            # as halves where the predecessor splits the same way: no merged
+            # copy (one feature matrix less allocated and held per step).
+            same_split = ctx.predecessor.block.split_dim == block.split_dim
+            ctx.predecessor.output = (x0, x1) if same_split else \
+                block._merge(x0, x1)
         num_args = len(grad_args)
         return (None, None, None, grad_x, *grads[:num_args], *grads[num_args:])
 

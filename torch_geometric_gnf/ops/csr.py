@@ -221,15 +221,28 @@ def build_csr(edge_index: Tensor, num_src: int, num_dst: int) -> CSRGraph:
 #   counts and a variant name. Identity only *finds* a candidate: no version
 #   counter or data pointer is trusted, because writes through ``.data``, a
 #   numpy view or a refilled ``torch.from_numpy`` buffer bypass both.
-# * Every hit is verified against the graph's current contents with
-#   :func:`csr_matches`, an exact O(E) check (two gathers and compares)
-#   that holds iff a fresh stable build would return the same CSR. It is
-#   several times cheaper than a build (two O(E log E) sorts), so a stack of
-#   layers on one graph still sorts the edges once.
+# * Every hit is verified exactly against the graph's current contents: the
+#   entry keeps a snapshot of ``edge_index`` taken at build time (int32 when
+#   the node counts allow: 8 bytes an edge) and a hit compares the two,
+#   chunk by chunk in the caller's dtype. Equal contents give the same CSR,
+#   for any variant (the derived graph is a function of the contents), so a
+#   hit never builds the derived graph and allocates no O(E) tensor: a deep
+#   stack on a large graph pays the derived graph's transient memory (tens
+#   of bytes an edge) once, not in every layer's forward and recomputation.
 # * While tracing (compile / export / jit.trace) there is no cache and no
 #   data-pointer read: the CSR is built by traceable ops every time.
 _CACHE_SIZE = 8
-_cache: 'OrderedDict[Tuple, Tuple[weakref.ref, CSRGraph]]' = OrderedDict()
+# Columns compared at a time on a hit (bounds the hit's temporary memory).
+_VERIFY_CHUNK = 1 << 16
+
+
+class _Entry(NamedTuple):
+    ref: weakref.ref
+    csr: CSRGraph
+    snapshot: Tensor
+
+
+_cache: 'OrderedDict[Tuple, _Entry]' = OrderedDict()
 
 
 def _cache_key(edge_index: Tensor, num_src: int, num_dst: int,
@@ -241,16 +254,46 @@ def _cache_key(edge_index: Tensor, num_src: int, num_dst: int,
 def _forget(key: Tuple):
     def callback(ref: weakref.ref) -> None:  # edge_index was freed
         hit = _cache.get(key)
-        if hit is not None and hit[0] is ref:
+        if hit is not None and hit.ref is ref:
             del _cache[key]
     return callback
+
+
+def _snapshot(edge_index: Tensor, num_src: int, num_dst: int) -> Tensor:
+    # int32 when the node counts fit. A value that wraps (possible only in
+    # a part of edge_index the derived graph drops) can only make a later
+    # comparison, done in the caller's dtype, miss: never a false hit.
+    if max(num_src, num_dst) <= 2**31 - 1:
+        return edge_index.to(torch.int32, copy=True)
+    return edge_index.clone()
+
+
+@torch.no_grad()
+def _same_contents(edge_index: Tensor, snapshot: Tensor) -> bool:
+    r"""Exact equality of :obj:`edge_index` and a snapshot of the same
+    shape, compared in :obj:`edge_index`'s dtype (so no value can wrap into
+    a match), a bounded number of columns at a time."""
+    # Same-dtype rows through one reused buffer: a mixed-dtype comparison
+    # would allocate a converted copy (and a result) for every chunk.
+    same = snapshot.dtype == edge_index.dtype
+    buf = None if same else edge_index.new_empty(
+        min(_VERIFY_CHUNK, edge_index.size(1)))
+    for start in range(0, edge_index.size(1), _VERIFY_CHUNK):
+        stop = min(start + _VERIFY_CHUNK, edge_index.size(1))
+        for row in range(2):
+            theirs = snapshot[row, start:stop]
+            if buf is not None:
+                theirs = buf[:stop - start].copy_(theirs)
+            if not torch.equal(edge_index[row, start:stop], theirs):
+                return False
+    return True
 
 
 @torch.no_grad()
 def csr_matches(csr: CSRGraph, graph: Tensor) -> bool:
     r"""Whether :obj:`csr` is exactly what :func:`build_csr` would build
     from :obj:`graph` now, for a :obj:`csr` that :func:`build_csr` built
-    from some graph with as many edges (as the cache's entries are).
+    from some graph with as many edges.
 
     Checks :math:`\mathrm{dst}[\mathrm{perm}] = \mathrm{row}` and
     :math:`\mathrm{src}[\mathrm{perm}] = \mathrm{col}`. Since :obj:`perm`
@@ -258,7 +301,8 @@ def csr_matches(csr: CSRGraph, graph: Tensor) -> bool:
     the destinations gathered through it are the sorted rows, a stable sort
     of the new destinations returns the same :obj:`perm`, and equal sources
     give the same :obj:`col` and by-source view (a pure function of
-    :obj:`col`). O(E), no sort."""
+    :obj:`col`). O(E), no sort, no snapshot (:func:`cached_csr` keeps a
+    snapshot instead, which needs no derived graph)."""
     if graph.size(1) != csr.num_edges:
         return False
     return (torch.equal(graph[1].index_select(0, csr.perm).to(csr.col.dtype),
@@ -274,30 +318,34 @@ def cached_csr(edge_index: Tensor, num_src: int, num_dst: int, *,
     :obj:`edge_index` tensors, so a layer (or a stack of layers) called
     repeatedly on the same graph sorts its edges once.
 
-    A cache never changes a result: every hit is checked against the current
-    contents of the graph (:func:`csr_matches`, exact, O(E)), so edits that
-    PyTorch's version counter does not see (through ``.data``, a numpy view,
-    a refilled ``torch.from_numpy`` buffer) rebuild the CSR. While tracing
-    (:func:`torch.compile`, :func:`torch.export.export`,
-    :func:`torch.jit.trace`) nothing is cached: the CSR is built by
-    traceable ops.
+    A cache never changes a result: every hit compares the current contents
+    of :obj:`edge_index` with a snapshot taken when the entry was built
+    (exact, O(E), no O(E) allocation; the snapshot costs 8 bytes an edge
+    while the entry lives), so edits that PyTorch's version counter does not
+    see (through ``.data``, a numpy view, a refilled ``torch.from_numpy``
+    buffer) rebuild the CSR. While tracing (:func:`torch.compile`,
+    :func:`torch.export.export`, :func:`torch.jit.trace`) nothing is cached:
+    the CSR is built by traceable ops.
 
     A caller that builds the CSR of a graph *derived* from :obj:`edge_index`
     (e.g. with self-loops added) names it by :obj:`variant` and passes
     :obj:`graph()`, which returns the derived ``[2, E']`` index (default:
-    :obj:`edge_index` itself); the CSR is that of :obj:`graph()`."""
-    derived = edge_index if graph is None else graph()
+    :obj:`edge_index` itself) and is called only to build; the derived graph
+    must be a function of :obj:`edge_index`'s contents and the variant, with
+    indices in the same ranges."""
     if not isinstance(edge_index, Tensor) or \
             edge_index.layout != torch.strided or is_traced(edge_index):
-        return build_csr(derived, num_src, num_dst)
+        return build_csr(edge_index if graph is None else graph(), num_src,
+                         num_dst)
     key = _cache_key(edge_index, num_src, num_dst, variant)
     hit = _cache.get(key)
-    if hit is not None and hit[0]() is edge_index and \
-            csr_matches(hit[1], derived):
+    if hit is not None and hit.ref() is edge_index and \
+            _same_contents(edge_index, hit.snapshot):
         _cache.move_to_end(key)
-        return hit[1]
-    csr = build_csr(derived, num_src, num_dst)
-    _cache[key] = (weakref.ref(edge_index, _forget(key)), csr)
+        return hit.csr
+    csr = build_csr(edge_index if graph is None else graph(), num_src, num_dst)
+    _cache[key] = _Entry(weakref.ref(edge_index, _forget(key)), csr,
+                         _snapshot(edge_index, num_src, num_dst))
     _cache.move_to_end(key)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)

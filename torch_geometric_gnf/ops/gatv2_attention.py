@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torch_geometric_gnf.ops._extension import extension_supports
-from torch_geometric_gnf.ops.csr import CSRGraph, csr_row, csr_src_row
+from torch.utils.checkpoint import checkpoint
+
+from torch_geometric_gnf.ops.csr import (CSRGraph, csr_row, csr_src_row,
+                                         is_traced)
 from torch_geometric_gnf.ops.gat_attention import (_softmax_by_row,
                                                    draw_dropout_seed,
                                                    dropout_keep_mask,
@@ -335,12 +338,56 @@ def gatv2_attention_weights(x_src: Tensor, x_dst: Tensor, att: Tensor,
                             negative_slope: float = 0.2) -> Tensor:
     r"""The softmax attention weights :math:`a_{e,h}` of
     :func:`fused_gatv2_attention` (before dropout), ``[E, H]`` in the
-    original edge order. Computed on demand and differentiable; it
-    materialises ``[E, H, C]`` scores, so ask for it only when needed."""
+    original edge order. Computed on demand and differentiable; on graphs
+    with more than 65,536 edges the per-edge ``[H, C]`` terms are built one
+    chunk of edges at a time (checkpointed: recomputed in backward), so
+    neither pass holds an ``[E, H, C]`` tensor."""
     slope = float(negative_slope)
     _validate(x_src, x_dst, att, csr, edge_attr, edge_weight, slope, 0.0)
     row = csr_row(csr)
-    a = _softmax_by_row(
-        _scores(x_src, x_dst, att, csr, edge_attr, edge_weight, slope, row),
-        row, csr.num_dst)
+    if is_traced(x_src) or csr.col.numel() <= _WEIGHTS_CHUNK:
+        score = _scores(x_src, x_dst, att, csr, edge_attr, edge_weight,
+                        slope, row)
+    else:
+        score = _chunked_scores(x_src, x_dst, att, csr, edge_attr,
+                                edge_weight, slope, row)
+    a = _softmax_by_row(score, row, csr.num_dst)
     return a.new_zeros(a.shape).index_copy(0, csr.perm, a)
+
+
+# Edges scored at a time by gatv2_attention_weights on large graphs.
+_WEIGHTS_CHUNK = 1 << 16
+
+
+def _chunk_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, col: Tensor,
+                  row: Tensor, perm: Tensor, edge_attr: Optional[Tensor],
+                  edge_weight: Optional[Tensor], negative_slope: float) -> Tensor:
+    H, C = att.shape
+    z = x_src.index_select(0, col) + x_dst.index_select(0, row)
+    if edge_attr is not None:
+        z = z + (edge_attr.index_select(0, perm) @ edge_weight.t()).view(-1, H, C)
+    return (F.leaky_relu(z, negative_slope) * att).sum(dim=-1)
+
+
+def _chunked_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, csr: CSRGraph,
+                    edge_attr: Optional[Tensor], edge_weight: Optional[Tensor],
+                    negative_slope: float, row: Tensor) -> Tensor:
+    r""":func:`_scores` a chunk of edges at a time, each chunk checkpointed
+    (recomputed in backward): the ``[E, H, C]`` terms exist one chunk at a
+    time, in forward and backward, and autograd keeps only ``[E, H]``."""
+    col = csr.col.long()
+    args = [t for t in (x_src, x_dst, att, edge_attr, edge_weight)]
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in args)
+    parts = []
+    for start in range(0, col.numel(), _WEIGHTS_CHUNK):
+        sl = slice(start, start + _WEIGHTS_CHUNK)
+        chunk = (col[sl], row[sl], csr.perm[sl])
+        if grad:
+            parts.append(checkpoint(_chunk_scores, x_src, x_dst, att, *chunk,
+                                    edge_attr, edge_weight, negative_slope,
+                                    use_reentrant=False))
+        else:
+            parts.append(_chunk_scores(x_src, x_dst, att, *chunk, edge_attr,
+                                       edge_weight, negative_slope))
+    return torch.cat(parts)

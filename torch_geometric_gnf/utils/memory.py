@@ -9,12 +9,15 @@ messages) at the end of every step's forward and backward pass; with the
 default allocator the resident memory then grows by a few per cent of a
 step's transients per layer, although the live memory stays flat.
 
-After each memory-saving reversible step's forward pass, and after each
-half-step's recomputation in its backward pass, the library therefore calls
-glibc's ``malloc_trim(0)``, which returns the freed whole pages of every
-arena to the system (``madvise``).  The call walks the allocator's free
-lists; ``benchmarks/memory_vs_depth.py`` reports the time spent in it and
-the step time with the release on and off.  It changes no
+After each memory-saving reversible step's forward pass, and twice per
+half-step in its backward pass (after the recomputed forward and after the
+gradients), the library therefore calls glibc's ``malloc_trim(0)``, which
+returns the freed whole pages of every arena to the system (``madvise``).
+The resident peak of a step is then about the live peak plus what the heap
+touches between two calls, whatever the depth.  The cost is the call (it
+walks the free lists) and the page faults when released pages are used
+again; ``benchmarks/memory_vs_depth.py`` reports the time spent in the call
+and the step time with the release on and off.  It changes no
 allocator setting: nothing happens at import time, and code outside the
 reversible steps allocates exactly as before.  It is a no-op
 
