@@ -21,6 +21,14 @@ def load_example(name: str, folder: str = 'examples'):
     return module
 
 
+def import_benchmark(monkeypatch, name: str):
+    r"""Imports ``benchmarks/<name>.py`` by its name, with ``benchmarks/`` on
+    ``sys.path`` for the test (so the fresh measuring processes the script
+    starts import it too)."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, 'benchmarks'))
+    return importlib.import_module(name)
+
+
 def random_graph(num_nodes: int = 14, num_edges: int = 40, seed: int = 0,
                  dtype: torch.dtype = torch.long) -> torch.Tensor:
     r"""A random directed graph with the awkward cases every kernel must

@@ -1,19 +1,15 @@
 r"""benchmarks/memory_vs_depth.py: default environment, PyG baselines in
 processes without our package, the release on/off timing and the CUDA path's
 handling (in-process, no child processes) without a GPU."""
-import os.path as osp
-
 import pytest
 import torch
 
-BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
+from conftest import import_benchmark
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(BENCHMARKS)
-    import memory_vs_depth
-    return memory_vs_depth
+    return import_benchmark(monkeypatch, 'memory_vs_depth')
 
 
 def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):

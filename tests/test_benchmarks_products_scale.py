@@ -7,15 +7,12 @@ import pytest
 import torch
 from torch_geometric.utils import to_undirected
 
-BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
+from conftest import import_benchmark
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    # On sys.path, so the fresh measurement processes can import it too.
-    monkeypatch.syspath_prepend(BENCHMARKS)
-    import products_scale
-    return products_scale
+    return import_benchmark(monkeypatch, 'products_scale')
 
 
 def test_graph_has_the_requested_size_and_skewed_degrees(bench):

@@ -4,15 +4,12 @@ import os.path as osp
 import pytest
 import torch
 
-BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
+from conftest import import_benchmark
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    # On sys.path, so the fresh measurement processes can import it too.
-    monkeypatch.syspath_prepend(BENCHMARKS)
-    import pubmed_memory
-    return pubmed_memory
+    return import_benchmark(monkeypatch, 'pubmed_memory')
 
 
 def test_paper_formula_reproduces_section_4_2(bench):
