@@ -22,9 +22,10 @@ them.  Peak memory is the growth of peak RSS (``VmHWM``) over the first full
 step, the median of ``--memory-runs`` such processes (the same step's
 resident peak varies by several MB from process to process with where
 glibc's heap lands); in the first, ``--repeats`` more steps are timed.  For ``ours`` and ``fused``
-the timed steps alternate between the memory release on and off in the same
-process (side by side, so machine load hits both alike): the table's
-``s`` column is with the release, ``s (no release)`` without.
+the same steps are timed once more in a process with the memory release off
+(``GNF_MEMORY_RELEASE=0``): the table's ``s`` column is with the release,
+``s (no release)`` without (separate processes, so that no step starts from
+a heap the other mode trimmed or left fat; run it on a quiet machine).
 ``--malloc-mmap-threshold`` sets ``MALLOC_MMAP_THRESHOLD_=131072`` for every
 process (analysis only: it makes RSS track the live peak, but slows large
 steps down).
@@ -42,6 +43,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import resource
 import subprocess
 import sys
 import time
@@ -60,6 +62,7 @@ COLUMNS = {'gatconv': 'GATConv', 'groupaddrev': 'GroupAddRev', 'ours': 'ours',
            'fused_off': 'ours+FusedGATConv (no release)',
            'fusedv2': 'ours+FusedGATv2Conv'}
 OURS = ('ours', 'fused', 'ours_off', 'fused_off', 'fusedv2')
+RELEASED = ('ours', 'fused')  # timed with the release on and off
 MMAP_THRESHOLD_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 RELEASE_OFF_ENV = {'GNF_MEMORY_RELEASE': '0'}
 
@@ -113,7 +116,7 @@ def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
             heads: int, repeats: int, device: str, seed: int = 0) -> Dict[str, Any]:
     r"""Builds the graph and model, measures the peak memory of one training
     step, then the mean time of :obj:`repeats` further steps (for our
-    methods, alternating with the memory release on and off)."""
+    methods, the release statistics)."""
     profiling = _profiling()
     torch.manual_seed(seed)
     dev = torch.device(device)
@@ -140,23 +143,26 @@ def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
     result = {'peak_mb': profiling.step_memory_bytes(dev, base) / 2**20,
               'first_seconds': first,
               'imports_gnf': 'torch_geometric_gnf' in sys.modules}
-    if repeats > 0 and method in ('ours', 'fused'):
-        from torch_geometric_gnf.utils import memory_release
-        from torch_geometric_gnf.utils.memory import memory_release_stats
-        on, off = [], []
-        before = memory_release_stats()
-        for _ in range(repeats):
-            with memory_release(False):
-                off.append(step(x, edge_index))
-            with memory_release(True):
-                on.append(step(x, edge_index))
-        after = memory_release_stats()
-        result.update(seconds=sum(on) / repeats, seconds_no_release=sum(off) / repeats,
-                      releases_per_step=(after['calls'] - before['calls']) / repeats,
-                      release_ms_per_step=1e3 * (after['seconds'] - before['seconds']) / repeats)
-    elif repeats > 0:
+    if repeats > 0:
+        before, usage = _release_stats(method), resource.getrusage(resource.RUSAGE_SELF)
         result['seconds'] = sum(step(x, edge_index) for _ in range(repeats)) / repeats
+        after, used = _release_stats(method), resource.getrusage(resource.RUSAGE_SELF)
+        # Page faults (first touch of fresh or released pages) and the
+        # kernel time they take: where the memory release costs time.
+        result.update(minor_faults_per_step=(used.ru_minflt - usage.ru_minflt) / repeats,
+                      system_seconds_per_step=(used.ru_stime - usage.ru_stime) / repeats)
+        if after is not None:
+            result.update(
+                releases_per_step=(after['calls'] - before['calls']) / repeats,
+                release_ms_per_step=1e3 * (after['seconds'] - before['seconds']) / repeats)
     return result
+
+
+def _release_stats(method: str) -> Optional[Dict[str, float]]:
+    if method not in OURS:  # the baselines' processes never import us
+        return None
+    from torch_geometric_gnf.utils.memory import memory_release_stats
+    return memory_release_stats()
 
 
 def measure_in_child(config: Dict[str, Any], env: Dict[str, str]) -> Dict[str, Any]:
@@ -276,6 +282,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
                 extra = RELEASE_OFF_ENV if method.endswith('_off') else {}
                 results[(method, depth)] = measure_repeatedly(
                     config, {**env, **extra}, args.memory_runs)
+                if method in RELEASED and config['repeats'] > 0:
+                    # The same steps without the release, in a process of
+                    # their own: no step inherits a heap the other trimmed.
+                    off = measure_in_child({**config, 'method': method + '_off'},
+                                           {**env, **RELEASE_OFF_ENV})
+                    results[(method, depth)].update(
+                        seconds_no_release=off['seconds'],
+                        peak_mb_no_release=off['peak_mb'],
+                        minor_faults_per_step_no_release=off['minor_faults_per_step'],
+                        system_seconds_per_step_no_release=off['system_seconds_per_step'])
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[0].strip()[:40]}
             if cuda:
@@ -323,7 +339,7 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
     depths = sorted(set(args.depths))
     methods = [m for m in METHODS + EXTRA_METHODS if m in args.methods]
     timed = [m for m in methods if m not in EXTRA_METHODS and args.repeats > 0]
-    released = [m for m in ('ours', 'fused') if m in timed]
+    released = [m for m in RELEASED if m in timed and not args.device.startswith('cuda')]
     if args.device.startswith('cuda'):
         how = 'torch.cuda.max_memory_allocated, all configurations in one process'
     else:
@@ -338,7 +354,8 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
              f'edges, {args.channels} channels, GAT heads={args.heads}; memory: '
              f'{how}; time: ' +
              (f'mean of {args.repeats} step(s) after the measured step, same process'
-              + ('; ours: release on and off alternating' if released else '') + '.'
+              + ('; "no release": the same steps in a process with '
+                 'GNF_MEMORY_RELEASE=0' if released else '') + '.'
               if args.repeats > 0 else 'not measured.'), '']
     ratios = [(a, b, key, f'{a}/{b} {"mem" if key == "peak_mb" else "time"}')
               for a in ('ours', 'fused') if a in methods
@@ -349,7 +366,9 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
               + [f'{COLUMNS[m]} s (no release)' for m in released]
               + [name for *_, name in ratios]
               + [f'{m} time release on/off' for m in released]
-              + [f'{m} ms in malloc_trim per step' for m in released])
+              + [f'{m} ms in malloc_trim per step' for m in released]
+              + [f'{m} page faults per step, release on / off' for m in released]
+              + [f'{m} kernel s per step, release on / off' for m in released])
     lines += ['| depth | ' + ' | '.join(header) + ' |', '|---' * (1 + len(header)) + '|']
 
     def cell(method, depth, key, fmt):
@@ -362,6 +381,11 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
         ok = key_a in ra and key_b in rb and rb[key_b] > 0
         return f'{ra[key_a] / rb[key_b]:.2f}' if ok else '-'
 
+    def pair(method, depth, key, fmt):
+        r = results.get((method, depth), {})
+        ok = key in r and key + '_no_release' in r
+        return f'{fmt(r[key])} / {fmt(r[key + "_no_release"])}' if ok else '-'
+
     for d in depths:
         lines.append('| ' + ' | '.join([
             str(d),
@@ -371,6 +395,9 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
             *(ratio(a, b, d, key) for a, b, key, _ in ratios),
             *(ratio(m, m, d, 'seconds', 'seconds_no_release') for m in released),
             *(cell(m, d, 'release_ms_per_step', '{:.1f}') for m in released),
+            *(pair(m, d, 'minor_faults_per_step', lambda v: f'{v / 1e6:.2f}M')
+              for m in released),
+            *(pair(m, d, 'system_seconds_per_step', '{:.2f}'.format) for m in released),
         ]) + ' |')
     lo, hi = min(depths), max(depths)
     notes = []

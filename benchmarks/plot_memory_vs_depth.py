@@ -23,9 +23,11 @@ LABELS = {
 
 
 def read_table(path: str) -> Tuple[str, Dict[str, List[Tuple[int, float, float]]]]:
-    r"""Returns the caption line and, per method, (depth, MB, seconds) rows;
-    columns are found by their header (``"<method> MB"``, ``"<method> s"``),
-    skipped or unmeasured cells are :obj:`None`."""
+    r"""Returns the caption line and, per method, (depth, MB, seconds) rows
+    of the first table in :obj:`path` (a results file may hold more, e.g. a
+    memory table, then a timing one); columns are found by their header
+    (``"<method> MB"``, ``"<method> s"``), skipped or unmeasured cells and
+    absent columns are :obj:`None`."""
     with open(path) as f:
         lines = [line.strip() for line in f if line.strip()]
     # the table's own caption (a results file may put notes above it)
@@ -34,6 +36,8 @@ def read_table(path: str) -> Tuple[str, Dict[str, List[Tuple[int, float, float]]
     series: Dict[str, List[Tuple[int, float, float]]] = {v: [] for v in LABELS.values()}
     for line in lines:
         if not line.startswith('|'):
+            if header:  # the first table has ended
+                break
             continue
         cells = [c.strip() for c in line.strip('|').split('|')]
         if cells[0] == 'depth':
@@ -43,10 +47,11 @@ def read_table(path: str) -> Tuple[str, Dict[str, List[Tuple[int, float, float]]
             continue
         depth = int(cells[0])
         for prefix, label in LABELS.items():
-            if f'{prefix} MB' not in header or f'{prefix} s' not in header:
+            if f'{prefix} MB' not in header:
                 continue
             mb = _number(cells[header.index(f'{prefix} MB')])
-            sec = _number(cells[header.index(f'{prefix} s')])
+            sec = (_number(cells[header.index(f'{prefix} s')])
+                   if f'{prefix} s' in header else None)
             if mb is not None or sec is not None:
                 series[label].append((depth, mb, sec))
     return caption, series

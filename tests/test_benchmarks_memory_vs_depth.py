@@ -15,6 +15,14 @@ def bench(monkeypatch):
 def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
     monkeypatch.delenv('MALLOC_MMAP_THRESHOLD_', raising=False)
     md = str(tmp_path / 't.md')
+    children = []
+    run_child = bench.measure_in_child
+
+    def recording(config, env):
+        children.append((config['method'], config['repeats'], env))
+        return run_child(config, env)
+
+    monkeypatch.setattr(bench, 'measure_in_child', recording)
     results = bench.main(['--nodes', '300', '--edges', '1500', '--depths', '2',
                           '--methods', 'groupaddrev', 'ours', '--repeats', '1',
                           '--memory-runs', '2', '--markdown', md])
@@ -22,12 +30,22 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
     assert not rev['imports_gnf'] and ours['imports_gnf']  # PyG as its users run it
     assert rev['seconds'] > 0 and 'seconds_no_release' not in rev
     assert ours['seconds'] > 0 and ours['seconds_no_release'] > 0
+    assert ours['peak_mb_no_release'] > 0
+    for key in ('minor_faults_per_step', 'system_seconds_per_step'):
+        assert ours[key] >= 0 and ours[key + '_no_release'] >= 0
+    # The "no release" steps ran in a process of their own, release off;
+    # only the first process per configuration is timed.
+    assert [c for c in children if c[0] == 'ours_off'] == [
+        ('ours_off', 1, {'GNF_MEMORY_RELEASE': '0'})]
+    assert [c[1] for c in children if c[0] == 'ours'] == [1, 0]
+    assert all('GNF_MEMORY_RELEASE' not in c[2] for c in children if c[0] != 'ours_off')
     for r in (rev, ours):  # the median of two fresh processes
         assert len(r['peak_mb_runs']) == 2 and r['peak_mb'] in r['peak_mb_runs']
     text = open(md).read()
     assert "MALLOC_MMAP_THRESHOLD_=unset (glibc's default malloc)" in text
     assert 'the median of 2 fresh processes' in text
     assert 'ours s (no release)' in text and 'ours time release on/off' in text
+    assert 'ours page faults per step, release on / off' in text
 
 
 def test_cuda_path_runs_in_process(bench, monkeypatch):
@@ -61,3 +79,15 @@ def test_bad_arguments(bench, monkeypatch):
             bench.main(argv)
     with pytest.raises(SystemExit, match='CUDA is not available'):
         bench.main(['--device', 'cuda'])
+
+
+def test_plot_reads_the_first_table_memory_only(monkeypatch, tmp_path):
+    plot = import_benchmark(monkeypatch, 'plot_memory_vs_depth')
+    table = tmp_path / 't.md'
+    table.write_text('# title\n\nDevice: cpu; graph\n\n| depth | GroupAddRev MB | ours MB |\n'
+                     '|---|---|---|\n| 1 | 500 | 300 |\n| 4 | 600 | 310 |\n\nnotes\n\n'
+                     '| depth | ours MB | ours s |\n|---|---|---|\n| 1 | 999 | 2.0 |\n')
+    caption, series = plot.read_table(str(table))
+    assert caption == 'Device: cpu; graph'
+    assert series['ours (ReversibleMessagePassing)'] == [(1, 300.0, None), (4, 310.0, None)]
+    assert series['PyG GroupAddRev'] == [(1, 500.0, None), (4, 600.0, None)]
