@@ -115,8 +115,9 @@ def forward(method: str, layers: torch.nn.ModuleList, x: torch.Tensor,
 def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
             heads: int, repeats: int, device: str, seed: int = 0) -> Dict[str, Any]:
     r"""Builds the graph and model, measures the peak memory of one training
-    step, then the mean time of :obj:`repeats` further steps (for our
-    methods, the release statistics)."""
+    step, then the mean time, page faults and kernel seconds of
+    :obj:`repeats` further steps (for our methods also the release calls and
+    the time spent in them)."""
     profiling = _profiling()
     torch.manual_seed(seed)
     dev = torch.device(device)
