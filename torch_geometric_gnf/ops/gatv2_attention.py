@@ -10,10 +10,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from torch_geometric_gnf.ops._extension import extension_supports
 from torch.utils.checkpoint import checkpoint
 
+from torch_geometric_gnf.ops._extension import extension_supports
 from torch_geometric_gnf.ops.csr import (CSRGraph, csr_row, csr_src_row,
                                          is_traced)
 from torch_geometric_gnf.ops.gat_attention import (_softmax_by_row,
@@ -139,11 +138,20 @@ def _scores(x_src: Tensor, x_dst: Tensor, att: Tensor, csr: CSRGraph,
             edge_attr: Optional[Tensor], edge_weight: Optional[Tensor],
             negative_slope: float, row: Tensor) -> Tensor:
     r"""GATv2 scores ``[E, H]`` in CSR order (materialises ``[E, H, C]``)."""
+    return _edge_scores(x_src, x_dst, att, csr.col.long(), row, csr.perm,
+                        edge_attr, edge_weight, negative_slope)
+
+
+def _edge_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, col: Tensor,
+                 row: Tensor, perm: Tensor, edge_attr: Optional[Tensor],
+                 edge_weight: Optional[Tensor], negative_slope: float) -> Tensor:
+    r"""GATv2 scores ``[e, H]`` of the CSR-ordered edges given by their
+    sources :obj:`col`, destinations :obj:`row` and original positions
+    :obj:`perm` (all edges, or one chunk of them)."""
     H, C = att.shape
-    z = x_src.index_select(0, csr.col.long()) + x_dst.index_select(0, row)
+    z = x_src.index_select(0, col) + x_dst.index_select(0, row)
     if edge_attr is not None:
-        edge = (edge_attr @ edge_weight.t()).view(-1, H, C)
-        z = z + edge.index_select(0, csr.perm)
+        z = z + (edge_attr.index_select(0, perm) @ edge_weight.t()).view(-1, H, C)
     return (F.leaky_relu(z, negative_slope) * att).sum(dim=-1)
 
 
@@ -359,16 +367,6 @@ def gatv2_attention_weights(x_src: Tensor, x_dst: Tensor, att: Tensor,
 _WEIGHTS_CHUNK = 1 << 16
 
 
-def _chunk_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, col: Tensor,
-                  row: Tensor, perm: Tensor, edge_attr: Optional[Tensor],
-                  edge_weight: Optional[Tensor], negative_slope: float) -> Tensor:
-    H, C = att.shape
-    z = x_src.index_select(0, col) + x_dst.index_select(0, row)
-    if edge_attr is not None:
-        z = z + (edge_attr.index_select(0, perm) @ edge_weight.t()).view(-1, H, C)
-    return (F.leaky_relu(z, negative_slope) * att).sum(dim=-1)
-
-
 def _chunked_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, csr: CSRGraph,
                     edge_attr: Optional[Tensor], edge_weight: Optional[Tensor],
                     negative_slope: float, row: Tensor) -> Tensor:
@@ -376,18 +374,18 @@ def _chunked_scores(x_src: Tensor, x_dst: Tensor, att: Tensor, csr: CSRGraph,
     (recomputed in backward): the ``[E, H, C]`` terms exist one chunk at a
     time, in forward and backward, and autograd keeps only ``[E, H]``."""
     col = csr.col.long()
-    args = [t for t in (x_src, x_dst, att, edge_attr, edge_weight)]
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in args)
+        t is not None and t.requires_grad
+        for t in (x_src, x_dst, att, edge_attr, edge_weight))
     parts = []
     for start in range(0, col.numel(), _WEIGHTS_CHUNK):
         sl = slice(start, start + _WEIGHTS_CHUNK)
         chunk = (col[sl], row[sl], csr.perm[sl])
         if grad:
-            parts.append(checkpoint(_chunk_scores, x_src, x_dst, att, *chunk,
+            parts.append(checkpoint(_edge_scores, x_src, x_dst, att, *chunk,
                                     edge_attr, edge_weight, negative_slope,
                                     use_reentrant=False))
         else:
-            parts.append(_chunk_scores(x_src, x_dst, att, *chunk, edge_attr,
+            parts.append(_edge_scores(x_src, x_dst, att, *chunk, edge_attr,
                                        edge_weight, negative_slope))
     return torch.cat(parts)
