@@ -11,6 +11,9 @@ One forward + backward pass on a random graph (default 50,000 nodes,
   as F and G (the same weights' shapes; fused attention kernel);
 * ``ours_off`` / ``fused_off`` (not run by default) - ``ours`` / ``fused``
   with the library's memory release turned off (``GNF_MEMORY_RELEASE=0``);
+* ``ours_keep0`` / ``fused_keep0`` (not run by default) - ``ours`` / ``fused``
+  releasing at every check (``GNF_MEMORY_RELEASE_KEEP_MB=0``: the lowest
+  peak, slower steps on small graphs);
 * ``fusedv2`` (not run by default) - ``ReversibleMessagePassing`` with
   ``FusedGATv2Conv(32, 8, heads=4)`` as F and G (memory only).
 
@@ -26,6 +29,8 @@ the same steps are timed once more in a process with the memory release off
 (``GNF_MEMORY_RELEASE=0``): the table's ``s`` column is with the release,
 ``s (no release)`` without (separate processes, so that no step starts from
 a heap the other mode trimmed or left fat; run it on a quiet machine).
+``--time-runs K`` alternates K such processes per mode and reports the
+medians (process-to-process noise is several per cent).
 ``--malloc-mmap-threshold`` sets ``MALLOC_MMAP_THRESHOLD_=131072`` for every
 process (analysis only: it makes RSS track the live peak, but slows large
 steps down).
@@ -56,15 +61,18 @@ from tqdm import tqdm
 # processes must not load it (nor its extension and memory release).
 
 METHODS = ('gatconv', 'groupaddrev', 'ours', 'fused')
-EXTRA_METHODS = ('ours_off', 'fused_off', 'fusedv2')
+EXTRA_METHODS = ('ours_off', 'fused_off', 'ours_keep0', 'fused_keep0', 'fusedv2')
 COLUMNS = {'gatconv': 'GATConv', 'groupaddrev': 'GroupAddRev', 'ours': 'ours',
            'fused': 'ours+FusedGATConv', 'ours_off': 'ours (no release)',
            'fused_off': 'ours+FusedGATConv (no release)',
+           'ours_keep0': 'ours (release at every check)',
+           'fused_keep0': 'ours+FusedGATConv (release at every check)',
            'fusedv2': 'ours+FusedGATv2Conv'}
-OURS = ('ours', 'fused', 'ours_off', 'fused_off', 'fusedv2')
+OURS = ('ours', 'fused', 'ours_off', 'fused_off', 'ours_keep0', 'fused_keep0', 'fusedv2')
 RELEASED = ('ours', 'fused')  # timed with the release on and off
 MMAP_THRESHOLD_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 RELEASE_OFF_ENV = {'GNF_MEMORY_RELEASE': '0'}
+KEEP_NOTHING_ENV = {'GNF_MEMORY_RELEASE_KEEP_MB': '0'}
 
 
 def _profiling():
@@ -216,6 +224,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--memory-runs', type=int, default=3,
                         help='CPU: fresh processes per configuration; the '
                              'peak memory is their median')
+    parser.add_argument('--time-runs', type=int, default=1,
+                        help='CPU, ours/fused: timed process pairs, release on '
+                             'then off, alternating; times are their medians')
     parser.add_argument('--markdown', default=None, help='also write the table here')
     parser.add_argument('--malloc-mmap-threshold', action='store_true',
                         help='analysis only: MALLOC_MMAP_THRESHOLD_=131072 in '
@@ -245,6 +256,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
             parser.error('--malloc-mmap-threshold is a CPU (glibc) setting')
         if args.repeats is None:
             args.repeats = 1 if is_cuda else 2
+        if args.time_runs < 1:
+            parser.error(f'--time-runs must be >= 1 (got {args.time_runs})')
     return args
 
 
@@ -280,19 +293,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
                 results[(method, depth)] = measure(**config)
                 torch.cuda.empty_cache()
             else:
-                extra = RELEASE_OFF_ENV if method.endswith('_off') else {}
+                extra = (RELEASE_OFF_ENV if method.endswith('_off') else
+                         KEEP_NOTHING_ENV if method.endswith('_keep0') else {})
                 results[(method, depth)] = measure_repeatedly(
                     config, {**env, **extra}, args.memory_runs)
                 if method in RELEASED and config['repeats'] > 0:
-                    # The same steps without the release, in a process of
-                    # their own: no step inherits a heap the other trimmed.
-                    off = measure_in_child({**config, 'method': method + '_off'},
-                                           {**env, **RELEASE_OFF_ENV})
-                    results[(method, depth)].update(
-                        seconds_no_release=off['seconds'],
-                        peak_mb_no_release=off['peak_mb'],
-                        minor_faults_per_step_no_release=off['minor_faults_per_step'],
-                        system_seconds_per_step_no_release=off['system_seconds_per_step'])
+                    results[(method, depth)].update(time_release_on_and_off(
+                        results[(method, depth)], config, env, args.time_runs))
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             results[(method, depth)] = {'skipped': str(e).split(':')[0].strip()[:40]}
             if cuda:
@@ -304,6 +311,40 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
     print(table)
     write(table, args.markdown)
     return results
+
+
+TIMED_KEYS = ('seconds', 'minor_faults_per_step', 'system_seconds_per_step')
+
+
+def _median(values: List[float]) -> float:
+    values, mid = sorted(values), len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def time_release_on_and_off(first: Dict[str, Any], config: Dict[str, Any],
+                            env: Dict[str, str], runs: int) -> Dict[str, Any]:
+    r"""Times the same steps without the release, each time in a process of
+    its own (no step inherits a heap the other mode trimmed); with
+    :obj:`runs` > 1 alternates further processes with and without it.  Step
+    times vary by several per cent from process to process, so each timed
+    figure is the median over :obj:`runs` processes per mode
+    (:obj:`first`: the configuration's first process, release on)."""
+    on, off = [first], []
+    for i in range(runs):
+        off.append(measure_in_child({**config, 'method': config['method'] + '_off'},
+                                    {**env, **RELEASE_OFF_ENV}))
+        if i + 1 < runs:
+            on.append(measure_in_child(config, env))
+    out = {'peak_mb_no_release': off[0]['peak_mb'], 'time_runs': runs,
+           'seconds_runs': [r['seconds'] for r in on],
+           'seconds_no_release_runs': [r['seconds'] for r in off]}
+    for key in TIMED_KEYS:
+        out[key] = _median([r[key] for r in on])
+        out[key + '_no_release'] = _median([r[key] for r in off])
+    for key in ('releases_per_step', 'release_ms_per_step'):
+        if key in first:
+            out[key] = _median([r[key] for r in on])
+    return out
 
 
 def load_results(path: Optional[str]) -> Dict[tuple, Dict[str, Any]]:
@@ -356,7 +397,10 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
              f'{how}; time: ' +
              (f'mean of {args.repeats} step(s) after the measured step, same process'
               + ('; "no release": the same steps in a process with '
-                 'GNF_MEMORY_RELEASE=0' if released else '') + '.'
+                 'GNF_MEMORY_RELEASE=0' if released else '')
+              + (f'; times, faults and kernel seconds: the median of {args.time_runs} '
+                 'processes per mode, release on and off alternating'
+                 if released and args.time_runs > 1 else '') + '.'
               if args.repeats > 0 else 'not measured.'), '']
     ratios = [(a, b, key, f'{a}/{b} {"mem" if key == "peak_mb" else "time"}')
               for a in ('ours', 'fused') if a in methods
@@ -367,7 +411,7 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
               + [f'{COLUMNS[m]} s (no release)' for m in released]
               + [name for *_, name in ratios]
               + [f'{m} time release on/off' for m in released]
-              + [f'{m} ms in malloc_trim per step' for m in released]
+              + [f'{m} releases per step (ms in checks and releases)' for m in released]
               + [f'{m} page faults per step, release on / off' for m in released]
               + [f'{m} kernel s per step, release on / off' for m in released])
     lines += ['| depth | ' + ' | '.join(header) + ' |', '|---' * (1 + len(header)) + '|']
@@ -382,6 +426,12 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
         ok = key_a in ra and key_b in rb and rb[key_b] > 0
         return f'{ra[key_a] / rb[key_b]:.2f}' if ok else '-'
 
+    def releases(method, depth):
+        r = results.get((method, depth), {})
+        if 'releases_per_step' not in r:
+            return '-'
+        return f'{r["releases_per_step"]:.1f} ({r["release_ms_per_step"]:.1f})'
+
     def pair(method, depth, key, fmt):
         r = results.get((method, depth), {})
         ok = key in r and key + '_no_release' in r
@@ -395,7 +445,7 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
             *(cell(m, d, 'seconds_no_release', '{:.2f}') for m in released),
             *(ratio(a, b, d, key) for a, b, key, _ in ratios),
             *(ratio(m, m, d, 'seconds', 'seconds_no_release') for m in released),
-            *(cell(m, d, 'release_ms_per_step', '{:.1f}') for m in released),
+            *(releases(m, d) for m in released),
             *(pair(m, d, 'minor_faults_per_step', lambda v: f'{v / 1e6:.2f}M')
               for m in released),
             *(pair(m, d, 'system_seconds_per_step', '{:.2f}'.format) for m in released),

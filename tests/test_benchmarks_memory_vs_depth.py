@@ -24,7 +24,8 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, 'measure_in_child', recording)
     results = bench.main(['--nodes', '300', '--edges', '1500', '--depths', '2',
-                          '--methods', 'groupaddrev', 'ours', '--repeats', '1',
+                          '--methods', 'groupaddrev', 'ours', 'ours_keep0', '--repeats', '1',
+                          '--time-runs', '2',
                           '--memory-runs', '2', '--markdown', md])
     rev, ours = results[('groupaddrev', 2)], results[('ours', 2)]
     assert not rev['imports_gnf'] and ours['imports_gnf']  # PyG as its users run it
@@ -35,10 +36,20 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
         assert ours[key] >= 0 and ours[key + '_no_release'] >= 0
     # The "no release" steps ran in a process of their own, release off;
     # only the first process per configuration is timed.
+    # Two timed processes per mode, on and off alternating; times are medians.
     assert [c for c in children if c[0] == 'ours_off'] == [
-        ('ours_off', 1, {'GNF_MEMORY_RELEASE': '0'})]
-    assert [c[1] for c in children if c[0] == 'ours'] == [1, 0]
-    assert all('GNF_MEMORY_RELEASE' not in c[2] for c in children if c[0] != 'ours_off')
+        ('ours_off', 1, {'GNF_MEMORY_RELEASE': '0'})] * 2
+    assert [c[1] for c in children if c[0] == 'ours'] == [1, 0, 1]
+    assert [c[0] for c in children if c[1] == 1] == ['groupaddrev', 'ours', 'ours_off',
+                                                     'ours', 'ours_off']
+    assert ours['seconds'] == sum(ours['seconds_runs']) / 2
+    assert ours['seconds_no_release'] == sum(ours['seconds_no_release_runs']) / 2
+    assert all('GNF_MEMORY_RELEASE' not in c[2] for c in children
+               if c[0] not in ('ours_off', 'ours_keep0'))
+    # Releasing at every check: memory only, in processes of its own.
+    assert [c for c in children if c[0] == 'ours_keep0'] == [
+        ('ours_keep0', 0, {'GNF_MEMORY_RELEASE_KEEP_MB': '0'})] * 2
+    assert results[('ours_keep0', 2)]['peak_mb'] > 0
     for r in (rev, ours):  # the median of two fresh processes
         assert len(r['peak_mb_runs']) == 2 and r['peak_mb'] in r['peak_mb_runs']
     text = open(md).read()
@@ -46,6 +57,10 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
     assert 'the median of 2 fresh processes' in text
     assert 'ours s (no release)' in text and 'ours time release on/off' in text
     assert 'ours page faults per step, release on / off' in text
+    assert 'ours releases per step (ms in checks and releases)' in text
+    assert 'the median of 2 processes per mode, release on and off alternating' in text
+    assert 'ours (release at every check) MB' in text
+    assert ours['releases_per_step'] >= 0 and ours['release_ms_per_step'] >= 0
 
 
 def test_cuda_path_runs_in_process(bench, monkeypatch):
@@ -73,7 +88,7 @@ def test_cuda_path_runs_in_process(bench, monkeypatch):
 def test_bad_arguments(bench, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     for argv in (['--device', 'tpu'], ['--channels', '30'], ['--depths', '0'],
-                 ['--memory-runs', '0'],
+                 ['--memory-runs', '0'], ['--time-runs', '0'],
                  ['--device', 'cuda', '--malloc-mmap-threshold']):
         with pytest.raises(SystemExit):
             bench.main(argv)

@@ -344,3 +344,42 @@ def test_rebuilt_input_handed_back_as_halves_or_merged(split_dims):
     first = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
     second = torch.autograd.grad(out.sum(), x)[0]
     assert torch.equal(first, second)
+
+
+def test_rng_state_kept_only_where_a_half_step_draws():
+    # A state the function left unchanged is dropped in forward: no small
+    # block per half-step is held until backward (utils.memory).
+    edge_index = random_graph()
+    x = torch.randn(14, 8, dtype=torch.float64, requires_grad=True)
+    y = make_stack('gcn', 8, 1)[0](x, edge_index)
+    assert [r.cpu for r in y.grad_fn.rng] == [None, None]
+    gat = make_stack('gat', 8, 1)[0]  # attention dropout 0.5 while training
+    y = gat(x, edge_index)
+    assert all(r.cpu is not None for r in y.grad_fn.rng)
+    y = gat.eval()(x, edge_index)
+    assert [r.cpu for r in y.grad_fn.rng] == [None, None]
+
+
+@pytest.mark.parametrize('coupling', ['additive', 'affine'])
+def test_param_grads_reserved_accumulated_and_shared(coupling):
+    # .grad: allocated at the start of the chain's backward where it is None,
+    # accumulated into where it exists (second pass), summed for a conv shared
+    # by two blocks, left None for a frozen parameter.
+    edge_index = random_graph(seed=5)
+    x = torch.randn(14, 8, dtype=torch.float64)
+    plain = make_stack('gat', 8, 3, coupling, memory_saving=False)
+    plain[2].f = plain[0].f
+    frozen = next(plain[1].g.parameters())
+    frozen.requires_grad_(False)
+    saving = copy.deepcopy(plain)
+    for block in saving:
+        block.memory_saving = True
+    for blocks in (plain, saving):
+        for seed in (1, 2):  # different dropout masks per pass
+            torch.manual_seed(seed)
+            run_stack(blocks, x, edge_index).pow(2).sum().backward()
+    assert next(saving[1].g.parameters()).grad is None
+    for (name, a), b in zip(plain.named_parameters(), saving.parameters()):
+        if a.requires_grad:
+            assert b.grad is not None, name
+            assert_close(a.grad, b.grad)

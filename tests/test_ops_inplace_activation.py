@@ -140,6 +140,17 @@ def test_recompute_equals_plain_autograd_with_dropout():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+def test_recompute_keeps_the_rng_state_only_if_fn_draws():
+    x = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    model = Block().double()
+    assert recompute(model, x, 2.0).grad_fn.rng.cpu is not None  # dropout
+    lin = torch.nn.Linear(8, 8).double()
+    out = recompute(lambda h: lin(h).relu(), x, params=lin.parameters())
+    assert out.grad_fn.rng.cpu is None
+    out.sum().backward()  # nothing to replay: runs as before
+    assert x.grad is not None and lin.weight.grad is not None
+
+
 def test_recompute_saves_only_inputs_and_works_with_autograd_grad():
     torch.manual_seed(1)
     model = Block().double()

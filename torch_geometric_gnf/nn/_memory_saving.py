@@ -104,6 +104,7 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.output = y.detach()
         ctx.output_from_successor = False
         ctx.predecessor = None
+        ctx.grad_buffers = None
         ctx.is_gnf_reversible = True
         return y, log_det
 
@@ -135,6 +136,7 @@ class ReversibleFunction(torch.autograd.Function):
         if ctx.output_from_successor:
             ctx.output = None  # handed over by the successor; free it now
         block, rng = ctx.block, ctx.rng
+        _reserve_param_grads(ctx)
         # Halves handed back by the successor are separate tensors: each is
         # dropped as soon as its half-step has rebuilt the input from it.
         y0, y1 = y if isinstance(y, tuple) else block._split(y)
@@ -179,7 +181,28 @@ class ReversibleFunction(torch.autograd.Function):
             ctx.predecessor.output = (x0, x1) if same_split else \
                 block._merge(x0, x1)
         num_args = len(grad_args)
+        buffers, ctx.grad_buffers = ctx.grad_buffers, None
+        for i, buffer in enumerate(buffers, start=num_args):
+            if buffer is not None and grads[i] is not None:
+                grads[i] = buffer.copy_(grads[i])
         return (None, None, None, grad_x, *grads[:num_args], *grads[num_args:])
+
+
+def _reserve_param_grads(ctx) -> None:
+    r"""At the start of a chain's backward pass, allocates the gradient of
+    each CPU parameter without one (``.grad is None``) for every step of the
+    chain; each step copies its gradients there and autograd keeps these
+    tensors as ``.grad``.  Allocated in the backward pass of each step, amid
+    its transients, these small long-lived blocks would split the heap's
+    large free blocks one layer after another and the heap would grow with
+    depth (``utils.memory``); allocated together, they sit side by side."""
+    node = ctx
+    while node is not None and node.grad_buffers is None:
+        node.grad_buffers = [
+            torch.empty_like(p) if (p.requires_grad and p.grad is None
+                                    and p.device.type == 'cpu') else None
+            for p in node.params]
+        node = node.predecessor
 
 
 def release_chained_input(x: Tensor, y: Tensor) -> None:

@@ -231,11 +231,15 @@ class ReversibleMessagePassing(torch.nn.Module):
             if rng is not None:
                 rng.append(RngState(x.device))
             s, t = self._half(self.f, a, call, 'f')
+            if rng is not None:
+                rng[-1].drop_unused()
             b, log_det = self._couple(b, s, t, call, False)
             if self.g is not None:
                 if rng is not None:
                     rng.append(RngState(x.device))
                 s, t = self._half(self.g, b, call, 'g')
+                if rng is not None:
+                    rng[-1].drop_unused()
                 a, ld = self._couple(a, s, t, call, False)
                 log_det = log_det + ld
             return self._merge(a, b), log_det

@@ -165,6 +165,7 @@ class RecomputeFunction(torch.autograd.Function):
         versions = [t._version for t in inputs]
         with torch.no_grad():
             out = fn(*_fill(args, inputs))
+        ctx.rng.drop_unused()
         if any(t._version != v for t, v in zip(inputs, versions)):
             raise RuntimeError("recompute: fn modified one of its tensor "
                                "arguments in place; the backward pass could "

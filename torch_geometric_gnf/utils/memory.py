@@ -11,25 +11,40 @@ step's transients per layer, although the live memory stays flat.
 
 After each memory-saving reversible step's forward pass, and twice per
 half-step in its backward pass (after the recomputed forward and after the
-gradients), the library therefore calls glibc's ``malloc_trim(0)``, which
-returns the freed whole pages of every arena to the system (``madvise``).
-The resident peak of a step is then about the live peak plus what the heap
-touches between two calls, whatever the depth.  The cost is the call (it
-walks the free lists) and the page faults when released pages are used
-again; ``benchmarks/memory_vs_depth.py`` reports the time spent in the call
-and the step time with the release on and off.  It changes no
-allocator setting: nothing happens at import time, and code outside the
-reversible steps allocates exactly as before.  It is a no-op
+gradients), the library therefore checks how much freed heap memory is
+still resident: the process's resident size (``/proc/self/statm``) minus
+what ``malloc`` has in use (``mallinfo2``) minus the rest of the process as
+measured at the previous release.  Once that exceeds :obj:`keep_bytes`
+(default 256 MiB), it calls glibc's ``malloc_trim(0)``, which returns the
+freed whole pages of every arena to the system (``madvise``).  Freed memory
+the next steps reuse (a step's own transients, which recur at the same
+sizes) thus stays in the process and costs nothing, while what piles up
+between live blocks over many layers is handed back: the resident peak of a
+step is at most its live peak plus :obj:`keep_bytes` plus what the heap
+touches between two checks, whatever the depth.  With ``keep_bytes=0``
+every check releases (least memory; each release's pages are faulted in
+again when reused, which costs time on small graphs).  A check reads
+``/proc/self/statm`` and calls ``mallinfo2``, which walks malloc's free
+lists: tens of microseconds to about a millisecond with a fragmented heap.
+``benchmarks/memory_vs_depth.py`` reports the releases per step, the time
+spent in checks and releases and the step time with the release on and
+off.  It changes no allocator setting: nothing happens at import time, and
+code outside the reversible steps allocates exactly as before.  It is a
+no-op
 
 * on CUDA tensors (GPU memory belongs to PyTorch's caching allocator),
 * where the C library is not glibc (macOS, musl) or cannot be loaded,
 * while :func:`torch.compile` traces,
 * after a step whose tensors are small (:obj:`min_bytes`): the heap it can
-  leave behind is too small to matter and the call would be pure overhead.
+  leave behind is too small to matter and the check would be pure overhead.
+
+Where ``mallinfo2`` (glibc < 2.33) or ``/proc/self/statm`` is missing, every
+check releases, as with ``keep_bytes=0``.
 
 Turn it off with :func:`set_memory_release` (``False``), for a block of code
 with the :func:`memory_release` context manager, or for the whole process
-with the environment variable ``GNF_MEMORY_RELEASE=0``.
+with the environment variable ``GNF_MEMORY_RELEASE=0``; set
+:obj:`keep_bytes` there or with ``GNF_MEMORY_RELEASE_KEEP_MB``.
 """
 import contextlib
 import ctypes
@@ -41,15 +56,27 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 
 ENV_VAR = 'GNF_MEMORY_RELEASE'
+KEEP_ENV_VAR = 'GNF_MEMORY_RELEASE_KEEP_MB'
 # A step whose feature matrix is below this many bytes skips the trim: its
 # transients are a few times its features, so at most a few MB can linger.
 DEFAULT_MIN_BYTES = 1 << 20
+# Freed heap memory kept resident before a release: room for the transients
+# that the next steps reuse at the same sizes (a few hundred MB for GATConv
+# at 50k nodes / 500k edges), small next to the live memory of large graphs.
+DEFAULT_KEEP_BYTES = 256 << 20
 
 _enabled: Optional[bool] = None  # None: not set in code, the env var decides
 _min_bytes = DEFAULT_MIN_BYTES
+_keep_bytes: Optional[int] = None  # None: not set in code, KEEP_ENV_VAR or the default
 _UNLOADED = object()
 _trim_fn = _UNLOADED  # the loaded malloc_trim, or None where unavailable
-_calls, _seconds = 0, 0.0  # releases run in this process, time spent in them
+_mallinfo_fn = _UNLOADED  # the loaded mallinfo2, or None where unavailable
+# Resident bytes that are not malloc's live blocks, measured right after the
+# last release (the interpreter, libraries, pages malloc cannot release).
+_rest_bytes: Optional[int] = None
+_PAGE_SIZE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
+# Checks and releases run in this process, and the time spent in both.
+_checks, _calls, _seconds = 0, 0, 0.0
 
 
 def _load_libc() -> Optional[ctypes.CDLL]:
@@ -75,6 +102,52 @@ def _malloc_trim() -> Optional[Callable[[int], int]]:
     return _trim_fn
 
 
+class _MallInfo2(ctypes.Structure):
+    # struct mallinfo2 (glibc >= 2.33): the same fields as mallinfo, size_t.
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks',
+        'uordblks', 'fordblks', 'keepcost')]
+
+
+def _mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
+    r"""glibc's ``mallinfo2``, or :obj:`None` where unavailable."""
+    global _mallinfo_fn
+    if _mallinfo_fn is _UNLOADED:
+        try:
+            fn = _load_libc().mallinfo2
+            fn.argtypes, fn.restype = [], _MallInfo2
+            _mallinfo_fn = fn
+        except (OSError, AttributeError):
+            _mallinfo_fn = None
+    return _mallinfo_fn
+
+
+def _resident_bytes() -> Optional[int]:
+    r"""The process's resident set size, or :obj:`None` where unknown."""
+    try:
+        with open('/proc/self/statm', 'rb') as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _heap_in_use() -> Optional[int]:
+    r"""Bytes in live ``malloc`` blocks (arenas and mmapped), or :obj:`None`."""
+    info = _mallinfo2()
+    if info is None:
+        return None
+    stats = info()
+    return stats.uordblks + stats.hblkhd
+
+
+def _resident_rest() -> Optional[int]:
+    r"""Resident bytes outside malloc's live blocks, or :obj:`None`."""
+    in_use, resident = _heap_in_use(), _resident_bytes()
+    if in_use is None or resident is None:
+        return None
+    return resident - in_use
+
+
 def memory_release_available() -> bool:
     r"""Whether this platform has glibc's ``malloc_trim`` (Linux with glibc)."""
     return _malloc_trim() is not None
@@ -89,7 +162,33 @@ def memory_release_enabled() -> bool:
     return os.environ.get(ENV_VAR, '1').strip().lower() not in ('0', 'false', 'no', 'off')
 
 
-def set_memory_release(enabled: bool, min_bytes: Optional[int] = None) -> None:
+def memory_release_keep_bytes() -> int:
+    r"""Freed heap memory kept resident before a release (see the module
+    doc): :func:`set_memory_release`'s :obj:`keep_bytes` if given, else the
+    environment variable ``GNF_MEMORY_RELEASE_KEEP_MB`` (MiB), else 256 MiB."""
+    if _keep_bytes is not None:
+        return _keep_bytes
+    value = os.environ.get(KEEP_ENV_VAR, '').strip()
+    if not value:
+        return DEFAULT_KEEP_BYTES
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise ValueError(f"the environment variable {KEEP_ENV_VAR} must be a "
+                         f"non-negative number of MiB (got {value!r})")
+    return int(mb * 2**20)
+
+
+def _check_bytes(name: str, value: Optional[int]) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise ValueError(f"'{name}' must be a non-negative integer (got {value!r})")
+
+
+def set_memory_release(enabled: bool, min_bytes: Optional[int] = None,
+                       keep_bytes: Optional[int] = None) -> None:
     r"""Globally enables or disables the release of freed CPU memory after
     each memory-saving reversible step (overrides ``GNF_MEMORY_RELEASE``).
 
@@ -97,39 +196,57 @@ def set_memory_release(enabled: bool, min_bytes: Optional[int] = None) -> None:
         enabled (bool): Whether to release.
         min_bytes (int, optional): Steps whose feature matrix has fewer bytes
             skip the release. (default: unchanged, initially 1 MiB)
+        keep_bytes (int, optional): Freed heap memory that may stay resident
+            before a release hands it back; ``0`` releases at every check.
+            (default: unchanged, initially ``GNF_MEMORY_RELEASE_KEEP_MB`` or
+            256 MiB)
     """
-    global _enabled, _min_bytes
+    global _enabled, _min_bytes, _keep_bytes
     if not isinstance(enabled, bool):
         raise TypeError(f"'enabled' must be a bool (got {type(enabled).__name__})")
+    _check_bytes('min_bytes', min_bytes)
+    _check_bytes('keep_bytes', keep_bytes)
     if min_bytes is not None:
-        if not isinstance(min_bytes, int) or min_bytes < 0:
-            raise ValueError(f"'min_bytes' must be a non-negative integer "
-                             f"(got {min_bytes!r})")
         _min_bytes = min_bytes
+    if keep_bytes is not None:
+        _keep_bytes = keep_bytes
     _enabled = enabled
 
 
 @contextlib.contextmanager
-def memory_release(enabled: bool = True, min_bytes: Optional[int] = None) -> Iterator[None]:
+def memory_release(enabled: bool = True, min_bytes: Optional[int] = None,
+                   keep_bytes: Optional[int] = None) -> Iterator[None]:
     r"""Context manager form of :func:`set_memory_release`; restores the
     previous setting on exit."""
-    previous = (_enabled, _min_bytes)
-    set_memory_release(enabled, min_bytes)
+    previous = (_enabled, _min_bytes, _keep_bytes)
+    set_memory_release(enabled, min_bytes, keep_bytes)
     try:
         yield
     finally:
         _restore(*previous)
 
 
-def _restore(enabled: Optional[bool], min_bytes: int) -> None:
-    global _enabled, _min_bytes
-    _enabled, _min_bytes = enabled, min_bytes
+def _restore(enabled: Optional[bool], min_bytes: int,
+             keep_bytes: Optional[int]) -> None:
+    global _enabled, _min_bytes, _keep_bytes
+    _enabled, _min_bytes, _keep_bytes = enabled, min_bytes, keep_bytes
+
+
+def _worth_releasing() -> bool:
+    r"""Whether more than :obj:`keep_bytes` of freed heap memory is resident
+    (always true without the statistics or a first measurement)."""
+    keep = memory_release_keep_bytes()
+    if keep == 0 or _rest_bytes is None:
+        return True
+    rest = _resident_rest()
+    return rest is None or rest - _rest_bytes > keep
 
 
 def release_freed_memory(like: torch.Tensor) -> bool:
     r"""Returns freed CPU heap memory to the operating system if enabled and
-    useful after work on tensors like :obj:`like`; returns whether it did."""
-    global _calls, _seconds
+    useful after work on tensors like :obj:`like` (more than
+    :obj:`keep_bytes` of it resident); returns whether it did."""
+    global _checks, _calls, _seconds, _rest_bytes
     if (like.device.type != 'cpu' or torch.compiler.is_compiling()
             or like.numel() * like.element_size() < _min_bytes
             or not memory_release_enabled()):
@@ -138,13 +255,18 @@ def release_freed_memory(like: torch.Tensor) -> bool:
     if trim is None:
         return False
     start = time.perf_counter()
-    trim(0)
+    released = _worth_releasing()
+    if released:
+        trim(0)
+        # What stays resident is the reference for the next checks.
+        _rest_bytes = _resident_rest()
+        _calls += 1
+    _checks += 1
     _seconds += time.perf_counter() - start
-    _calls += 1
-    return True
+    return released
 
 
 def memory_release_stats() -> Dict[str, float]:
-    r"""How many releases ran in this process and the seconds spent in
-    them (for tests and benchmarks)."""
-    return {'calls': _calls, 'seconds': _seconds}
+    r"""How many checks and releases (``calls``) ran in this process and the
+    seconds spent in both (for tests and benchmarks)."""
+    return {'checks': _checks, 'calls': _calls, 'seconds': _seconds}
