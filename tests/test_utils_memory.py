@@ -183,7 +183,7 @@ def test_keep_bytes_from_code_or_environment(monkeypatch):
     with memory_release(True, keep_bytes=7):  # code wins over the environment
         assert memory_release_keep_bytes() == 7
     assert memory_release_keep_bytes() == 3 * 2**19
-    for bad in ('-1', 'lots', 'nan'):
+    for bad in ('-1', 'lots', 'nan', 'inf'):
         monkeypatch.setenv(memory.KEEP_ENV_VAR, bad)
         with pytest.raises(ValueError, match=memory.KEEP_ENV_VAR):
             memory_release_keep_bytes()

@@ -175,7 +175,7 @@ def memory_release_keep_bytes() -> int:
         mb = float(value)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:
+    if not 0 <= mb < float('inf'):
         raise ValueError(f"the environment variable {KEEP_ENV_VAR} must be a "
                          f"non-negative number of MiB (got {value!r})")
     return int(mb * 2**20)
