@@ -49,6 +49,7 @@ import json
 import os
 import os.path as osp
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -316,11 +317,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[tuple, Dict[str, Any]]:
 TIMED_KEYS = ('seconds', 'minor_faults_per_step', 'system_seconds_per_step')
 
 
-def _median(values: List[float]) -> float:
-    values, mid = sorted(values), len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
 def time_release_on_and_off(first: Dict[str, Any], config: Dict[str, Any],
                             env: Dict[str, str], runs: int) -> Dict[str, Any]:
     r"""Times the same steps without the release, each time in a process of
@@ -339,11 +335,11 @@ def time_release_on_and_off(first: Dict[str, Any], config: Dict[str, Any],
            'seconds_runs': [r['seconds'] for r in on],
            'seconds_no_release_runs': [r['seconds'] for r in off]}
     for key in TIMED_KEYS:
-        out[key] = _median([r[key] for r in on])
-        out[key + '_no_release'] = _median([r[key] for r in off])
+        out[key] = statistics.median([r[key] for r in on])
+        out[key + '_no_release'] = statistics.median([r[key] for r in off])
     for key in ('releases_per_step', 'release_ms_per_step'):
         if key in first:
-            out[key] = _median([r[key] for r in on])
+            out[key] = statistics.median([r[key] for r in on])
     return out
 
 

@@ -7,6 +7,7 @@ from torch_geometric.nn.inits import reset
 from torch_geometric_gnf.ops import affine_coupling
 from torch_geometric_gnf.utils import (check_batch, check_edge_index,
                                        check_node_features, infer_num_graphs)
+from torch_geometric_gnf.utils.rng import recorded_rng
 
 from ._memory_saving import (ReversibleFunction, RngState,
                              release_chained_input)
@@ -228,18 +229,12 @@ class ReversibleMessagePassing(torch.nn.Module):
         appended to :obj:`rng` if given (for replay in backward)."""
         a, b = self._split(x)  # (x0, x1) forward, (y0, y1) inverse
         if not inverse:
-            if rng is not None:
-                rng.append(RngState(x.device))
-            s, t = self._half(self.f, a, call, 'f')
-            if rng is not None:
-                rng[-1].drop_unused()
+            with recorded_rng(rng, x.device):
+                s, t = self._half(self.f, a, call, 'f')
             b, log_det = self._couple(b, s, t, call, False)
             if self.g is not None:
-                if rng is not None:
-                    rng.append(RngState(x.device))
-                s, t = self._half(self.g, b, call, 'g')
-                if rng is not None:
-                    rng[-1].drop_unused()
+                with recorded_rng(rng, x.device):
+                    s, t = self._half(self.g, b, call, 'g')
                 a, ld = self._couple(a, s, t, call, False)
                 log_det = log_det + ld
             return self._merge(a, b), log_det

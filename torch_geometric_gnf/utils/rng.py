@@ -2,7 +2,7 @@ r"""Recording and replaying the random generator state, so that re-running a
 function in a backward pass (reversible steps, :func:`ops.recompute`) draws
 the same dropout masks as the forward pass did."""
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import torch
 from torch import Tensor
@@ -47,3 +47,18 @@ def forked_rng(device: torch.device) -> Iterator[None]:
                    else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         yield
+
+
+@contextmanager
+def recorded_rng(states: Optional[List[RngState]],
+                 device: torch.device) -> Iterator[None]:
+    r"""Appends the generator state before the block to :obj:`states` (if
+    given) and, after the block, drops what the block did not draw from
+    (:meth:`RngState.drop_unused`)."""
+    if states is None:
+        yield
+        return
+    state = RngState(device)
+    states.append(state)
+    yield
+    state.drop_unused()
