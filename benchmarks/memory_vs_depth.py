@@ -153,6 +153,9 @@ def measure(method: str, depth: int, nodes: int, edges: int, channels: int,
     result = {'peak_mb': profiling.step_memory_bytes(dev, base) / 2**20,
               'first_seconds': first,
               'imports_gnf': 'torch_geometric_gnf' in sys.modules}
+    if method in OURS:  # what the block cache held back for reuse, at most
+        from torch_geometric_gnf.ops import block_cache_stats
+        result['cache_waiting_mb'] = block_cache_stats()['peak_waiting_bytes'] / 2**20
     if repeats > 0:
         before, usage = _release_stats(method), resource.getrusage(resource.RUSAGE_SELF)
         result['seconds'] = sum(step(x, edge_index) for _ in range(repeats)) / repeats
@@ -403,7 +406,11 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
               for b, key in (('groupaddrev', 'peak_mb'), ('groupaddrev', 'seconds'),
                              ('gatconv', 'peak_mb'))
               if b in methods and (key == 'peak_mb' or b in timed)]
-    header = ([f'{COLUMNS[m]} MB' for m in methods] + [f'{COLUMNS[m]} s' for m in timed]
+    cached = [m for m in methods if any(
+        'cache_waiting_mb' in r for (m2, _), r in results.items() if m2 == m)]
+    header = ([f'{COLUMNS[m]} MB' for m in methods]
+              + [f'{COLUMNS[m]}: block cache MB waiting (peak)' for m in cached]
+              + [f'{COLUMNS[m]} s' for m in timed]
               + [f'{COLUMNS[m]} s (no release)' for m in released]
               + [name for *_, name in ratios]
               + [f'{m} time release on/off' for m in released]
@@ -437,6 +444,7 @@ def render(results: Dict[tuple, Dict[str, Any]], args: argparse.Namespace,
         lines.append('| ' + ' | '.join([
             str(d),
             *(cell(m, d, 'peak_mb', '{:.0f}') for m in methods),
+            *(cell(m, d, 'cache_waiting_mb', '{:.0f}') for m in cached),
             *(cell(m, d, 'seconds', '{:.2f}') for m in timed),
             *(cell(m, d, 'seconds_no_release', '{:.2f}') for m in released),
             *(ratio(a, b, d, key) for a, b, key, _ in ratios),

@@ -61,6 +61,8 @@ def test_tiny_run_in_the_default_environment(bench, tmp_path, monkeypatch):
     assert 'the median of 2 processes per mode, release on and off alternating' in text
     assert 'ours (release at every check) MB' in text
     assert ours['releases_per_step'] >= 0 and ours['release_ms_per_step'] >= 0
+    assert ours['cache_waiting_mb'] >= 0 and 'cache_waiting_mb' not in rev
+    assert 'ours: block cache MB waiting (peak)' in text
 
 
 def test_cuda_path_runs_in_process(bench, monkeypatch):

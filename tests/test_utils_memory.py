@@ -7,6 +7,7 @@ from torch_geometric.nn import GATConv
 
 from torch_geometric_gnf.nn import ReversibleMessagePassing
 from torch_geometric_gnf.utils import (memory_release, memory_release_available,
+                                       memory_release_block_cache,
                                        memory_release_enabled,
                                        memory_release_keep_bytes, set_memory_release)
 from torch_geometric_gnf.utils import memory
@@ -20,9 +21,11 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(memory, '_enabled', None)
     monkeypatch.setattr(memory, '_min_bytes', memory.DEFAULT_MIN_BYTES)
     monkeypatch.setattr(memory, '_keep_bytes', None)
+    monkeypatch.setattr(memory, '_block_cache', None)
     monkeypatch.setattr(memory, '_rest_bytes', None)
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     monkeypatch.delenv(memory.KEEP_ENV_VAR, raising=False)
+    monkeypatch.delenv(memory.BLOCK_CACHE_ENV_VAR, raising=False)
 
 
 @pytest.fixture
@@ -149,6 +152,21 @@ def test_bad_arguments():
         set_memory_release(True, keep_bytes=-1)
     with pytest.raises(ValueError, match="'keep_bytes'"):
         memory_release(True, keep_bytes=1.5).__enter__()
+    with pytest.raises(TypeError, match="'block_cache'"):
+        set_memory_release(True, block_cache='yes')
+
+
+def test_block_cache_setting_from_code_or_environment(monkeypatch):
+    assert memory_release_block_cache()  # on by default
+    monkeypatch.setenv(memory.BLOCK_CACHE_ENV_VAR, 'off')
+    assert not memory_release_block_cache()
+    with memory_release(True, block_cache=True):  # code wins over the environment
+        assert memory_release_block_cache()
+    assert not memory_release_block_cache()
+    monkeypatch.delenv(memory.BLOCK_CACHE_ENV_VAR)
+    with memory_release(False):  # part of the release: off with it
+        assert not memory_release_block_cache()
+    assert memory_release_block_cache()
 
 
 class FakeProcess:

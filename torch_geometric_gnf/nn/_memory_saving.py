@@ -12,14 +12,24 @@ Chaining: when a step's input is the output of another memory-saving step,
 the successor takes the predecessor's stored output away
 (:func:`release_chained_input`) and hands back the input it rebuilds during
 its own backward pass, so a stack of any depth stores one feature matrix.
+
+On CPU each step's forward and backward pass run inside the block cache
+(``ops.block_cache``, part of the memory release of ``utils.memory``): the
+next layer's intermediates reuse the blocks this layer freed.
 """
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from torch_geometric_gnf.utils.memory import release_freed_memory
+from torch_geometric_gnf.ops.block_cache import (block_cache,
+                                                 end_block_cache_pass)
+from torch_geometric_gnf.utils.memory import (memory_release_applies,
+                                              memory_release_block_cache,
+                                              memory_release_keep_bytes,
+                                              release_freed_memory)
 from torch_geometric_gnf.utils.rng import RngState
 from torch_geometric_gnf.utils.rng import forked_rng as _forked_rng
 
@@ -81,6 +91,30 @@ def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
     return rebuilt, grad_known, grad_rebuilt, grads
 
 
+def _use_block_cache(like: Optional[Tensor], num_bytes: int) -> bool:
+    r"""Whether a step of :obj:`num_bytes` features like :obj:`like` takes
+    its large CPU blocks from the block cache (``ops.block_cache``): each
+    layer's intermediates then reuse the previous layer's blocks."""
+    return (like is not None and memory_release_applies(like, num_bytes)
+            and memory_release_block_cache())
+
+
+@contextlib.contextmanager
+def _step_blocks(use: bool, end_of_pass: bool) -> Iterator[None]:
+    r"""Runs a step's forward or backward pass inside the block cache if
+    :obj:`use`.  After :obj:`end_of_pass` (the backward pass of a chain's
+    first step, the last to run), whether or not this step used the cache,
+    the waiting blocks that this pass did not reuse are handed back.  (Takes
+    no tensor: the context manager would hold it for the whole step.)"""
+    if use:  # freed blocks wait for reuse up to the release's keep_bytes
+        with block_cache(keep_bytes=memory_release_keep_bytes()):
+            yield
+    else:
+        yield
+    if end_of_pass:
+        end_block_cache_pass()
+
+
 def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     if a is None:
         return b
@@ -94,7 +128,9 @@ class ReversibleFunction(torch.autograd.Function):
                 x: Tensor, *inputs: Tensor) -> Tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         rng: List[RngState] = []
-        y, log_det = block._step(x, call, False, rng)
+        with _step_blocks(_use_block_cache(x, x.numel() * x.element_size()),
+                          end_of_pass=False):
+            y, log_det = block._step(x, call, False, rng)
         release_freed_memory(y)  # the step's transients (utils.memory)
         ctx.block, ctx.call, ctx.rng = block, call, rng
         ctx.grad_args = inputs[:num_grad_args]
@@ -118,8 +154,14 @@ class ReversibleFunction(torch.autograd.Function):
                 "create_graph=True, e.g. a gradient penalty): its backward "
                 "recomputes the step instead of recording it. Use "
                 "memory_saving=False for such a loss.")
-        return ReversibleFunction._recompute_backward(ctx, grad_y,
-                                                      grad_log_det)
+        y = ctx.output  # the output, or its halves handed back
+        halves = y if isinstance(y, tuple) else (y,)
+        use = _use_block_cache(halves[0], sum(
+            h.numel() * h.element_size() for h in halves if h is not None))
+        del y, halves  # the step frees them as soon as it has rebuilt its input
+        with _step_blocks(use, end_of_pass=ctx.predecessor is None):
+            return ReversibleFunction._recompute_backward(ctx, grad_y,
+                                                          grad_log_det)
 
     @staticmethod
     @once_differentiable

@@ -3,6 +3,11 @@ r"""Low-level fused operators; the only place that touches the C++ extension
 from torch_geometric_gnf.ops._extension import (extension_available,
                                                 extension_supports,
                                                 extension_with_cuda)
+from torch_geometric_gnf.ops.block_cache import (block_cache,
+                                                 block_cache_available,
+                                                 block_cache_min_bytes,
+                                                 block_cache_stats,
+                                                 release_block_cache)
 from torch_geometric_gnf.ops.affine_coupling import (
     affine_coupling, affine_coupling_reference, soft_clamp)
 from torch_geometric_gnf.ops.csr import (CSRGraph, build_csr, cached_csr,
@@ -24,6 +29,11 @@ __all__ = [
     'affine_coupling',
     'affine_coupling_reference',
     'soft_clamp',
+    'block_cache',
+    'block_cache_available',
+    'block_cache_min_bytes',
+    'block_cache_stats',
+    'release_block_cache',
     'CSRGraph',
     'build_csr',
     'cached_csr',

@@ -5,8 +5,8 @@ from .checks import (check_batch, check_counts, check_edge_index, check_int,
 from .graph import (fully_connected_edge_index, graph_order, infer_num_graphs,
                     nodes_per_graph, relabel_edges, restore_order)
 from .memory import (memory_release, memory_release_available,
-                     memory_release_enabled, memory_release_keep_bytes,
-                     set_memory_release)
+                     memory_release_block_cache, memory_release_enabled,
+                     memory_release_keep_bytes, set_memory_release)
 from .profiling import (memory_baseline, run_in_fresh_process,
                         step_memory_bytes)
 from .training import (load_checkpoint, peak_memory, reset_peak_memory,
@@ -29,6 +29,7 @@ __all__ = [
     'restore_order',
     'memory_release',
     'memory_release_available',
+    'memory_release_block_cache',
     'memory_release_enabled',
     'memory_release_keep_bytes',
     'set_memory_release',

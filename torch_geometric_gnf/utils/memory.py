@@ -9,6 +9,23 @@ messages) at the end of every step's forward and backward pass; with the
 default allocator the resident memory then grows by a few per cent of a
 step's transients per layer, although the live memory stays flat.
 
+Two mechanisms keep it flat, both part of the memory release and switched
+with it:
+
+* **The block cache** (``ops.block_cache``, with the compiled extension):
+  while a memory-saving step runs its forward or backward pass, CPU blocks
+  of at least 1 MiB come from a cache of mmapped blocks by size class, so
+  each layer's intermediates reuse the previous layer's pages (no heap
+  fragmentation, no page faults).  Freed blocks wait for reuse up to
+  :obj:`keep_bytes` (default 256 MiB) in all; one freed beyond it is
+  unmapped at once.  After a chain's backward pass the blocks that pass did
+  not reuse are unmapped; those a training loop reuses stay mapped from one
+  training step to the next; ``ops.release_block_cache()`` hands them back.  Turn the cache
+  alone off with ``set_memory_release(True, block_cache=False)`` or
+  ``GNF_MEMORY_RELEASE_BLOCK_CACHE=0``.
+* **A release of the heap** (everything else, or everything where the
+  extension is not built), described next.
+
 After each memory-saving reversible step's forward pass, and twice per
 half-step in its backward pass (after the recomputed forward and after the
 gradients), the library therefore checks how much freed heap memory is
@@ -28,12 +45,15 @@ again when reused, which costs time on small graphs).  A check reads
 lists: tens of microseconds to about a millisecond with a fragmented heap.
 ``benchmarks/memory_vs_depth.py`` reports the releases per step, the time
 spent in checks and releases and the step time with the release on and
-off.  It changes no allocator setting: nothing happens at import time, and
-code outside the reversible steps allocates exactly as before.  It is a
-no-op
+off.  Neither mechanism changes a ``malloc`` setting or does anything at
+import time; the block cache stands in for PyTorch's CPU allocator only
+while a memory-saving step runs (and only if PyTorch's default allocator is
+installed), so code outside the reversible steps allocates exactly as
+before.  Both are no-ops
 
 * on CUDA tensors (GPU memory belongs to PyTorch's caching allocator),
-* where the C library is not glibc (macOS, musl) or cannot be loaded,
+* where the C library is not glibc (macOS, musl) or cannot be loaded (the
+  heap release; the block cache needs only the extension and ``mmap``),
 * while :func:`torch.compile` traces,
 * after a step whose tensors are small (:obj:`min_bytes`): the heap it can
   leave behind is too small to matter and the check would be pure overhead.
@@ -41,9 +61,9 @@ no-op
 Where ``mallinfo2`` (glibc < 2.33) or ``/proc/self/statm`` is missing, every
 check releases, as with ``keep_bytes=0``.
 
-Turn it off with :func:`set_memory_release` (``False``), for a block of code
-with the :func:`memory_release` context manager, or for the whole process
-with the environment variable ``GNF_MEMORY_RELEASE=0``; set
+Turn both off with :func:`set_memory_release` (``False``), for a block of
+code with the :func:`memory_release` context manager, or for the whole
+process with the environment variable ``GNF_MEMORY_RELEASE=0``; set
 :obj:`keep_bytes` there or with ``GNF_MEMORY_RELEASE_KEEP_MB``.
 """
 import contextlib
@@ -57,17 +77,20 @@ import torch
 
 ENV_VAR = 'GNF_MEMORY_RELEASE'
 KEEP_ENV_VAR = 'GNF_MEMORY_RELEASE_KEEP_MB'
+BLOCK_CACHE_ENV_VAR = 'GNF_MEMORY_RELEASE_BLOCK_CACHE'
 # A step whose feature matrix is below this many bytes skips the trim: its
 # transients are a few times its features, so at most a few MB can linger.
 DEFAULT_MIN_BYTES = 1 << 20
-# Freed heap memory kept resident before a release: room for the transients
-# that the next steps reuse at the same sizes (a few hundred MB for GATConv
-# at 50k nodes / 500k edges), small next to the live memory of large graphs.
+# Freed memory kept resident for reuse (in the heap before a release, in the
+# block cache): room for the transients that the next steps reuse at the
+# same sizes (a few hundred MB for GATConv at 50k nodes / 500k edges), small
+# next to the live memory of large graphs.
 DEFAULT_KEEP_BYTES = 256 << 20
 
 _enabled: Optional[bool] = None  # None: not set in code, the env var decides
 _min_bytes = DEFAULT_MIN_BYTES
 _keep_bytes: Optional[int] = None  # None: not set in code, KEEP_ENV_VAR or the default
+_block_cache: Optional[bool] = None  # None: not set in code, BLOCK_CACHE_ENV_VAR decides
 _UNLOADED = object()
 _trim_fn = _UNLOADED  # the loaded malloc_trim, or None where unavailable
 _mallinfo_fn = _UNLOADED  # the loaded mallinfo2, or None where unavailable
@@ -153,18 +176,46 @@ def memory_release_available() -> bool:
     return _malloc_trim() is not None
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
 def memory_release_enabled() -> bool:
     r"""Whether reversible steps release freed CPU memory (see the module
     doc): :func:`set_memory_release` if called, else the environment
     variable ``GNF_MEMORY_RELEASE`` (``0``/``false``/``off`` disable it)."""
     if _enabled is not None:
         return _enabled
-    return os.environ.get(ENV_VAR, '1').strip().lower() not in ('0', 'false', 'no', 'off')
+    return _env_flag(ENV_VAR)
+
+
+def memory_release_block_cache() -> bool:
+    r"""Whether memory-saving reversible steps take their large CPU blocks
+    from the block cache (``ops.block_cache``; needs the compiled extension):
+    only while the release is enabled, then :func:`set_memory_release`'s
+    :obj:`block_cache` if given, else the environment variable
+    ``GNF_MEMORY_RELEASE_BLOCK_CACHE`` (``0`` disables it)."""
+    if not memory_release_enabled():
+        return False
+    if _block_cache is not None:
+        return _block_cache
+    return _env_flag(BLOCK_CACHE_ENV_VAR)
+
+
+def memory_release_applies(like: torch.Tensor, num_bytes: Optional[int] = None) -> bool:
+    r"""Whether the release (and block cache) acts around work on tensors
+    like :obj:`like` (of :obj:`num_bytes`, default its own size): enabled,
+    on CPU, at least :obj:`min_bytes` and not while :func:`torch.compile`
+    traces."""
+    if num_bytes is None:
+        num_bytes = like.numel() * like.element_size()
+    return (like.device.type == 'cpu' and not torch.compiler.is_compiling()
+            and num_bytes >= _min_bytes and memory_release_enabled())
 
 
 def memory_release_keep_bytes() -> int:
-    r"""Freed heap memory kept resident before a release (see the module
-    doc): :func:`set_memory_release`'s :obj:`keep_bytes` if given, else the
+    r"""Freed memory kept resident for reuse, in the heap before a release
+    and in the block cache (see the module doc): :func:`set_memory_release`'s :obj:`keep_bytes` if given, else the
     environment variable ``GNF_MEMORY_RELEASE_KEEP_MB`` (MiB), else 256 MiB."""
     if _keep_bytes is not None:
         return _keep_bytes
@@ -188,7 +239,8 @@ def _check_bytes(name: str, value: Optional[int]) -> None:
 
 
 def set_memory_release(enabled: bool, min_bytes: Optional[int] = None,
-                       keep_bytes: Optional[int] = None) -> None:
+                       keep_bytes: Optional[int] = None,
+                       block_cache: Optional[bool] = None) -> None:
     r"""Globally enables or disables the release of freed CPU memory after
     each memory-saving reversible step (overrides ``GNF_MEMORY_RELEASE``).
 
@@ -196,40 +248,50 @@ def set_memory_release(enabled: bool, min_bytes: Optional[int] = None,
         enabled (bool): Whether to release.
         min_bytes (int, optional): Steps whose feature matrix has fewer bytes
             skip the release. (default: unchanged, initially 1 MiB)
-        keep_bytes (int, optional): Freed heap memory that may stay resident
-            before a release hands it back; ``0`` releases at every check.
+        keep_bytes (int, optional): Freed memory that may stay resident for
+            reuse: in the heap before a release hands it back (``0``
+            releases at every check), and in the block cache.
             (default: unchanged, initially ``GNF_MEMORY_RELEASE_KEEP_MB`` or
             256 MiB)
+        block_cache (bool, optional): Whether the steps' large CPU blocks
+            come from the block cache where the extension is built.
+            (default: unchanged, initially ``GNF_MEMORY_RELEASE_BLOCK_CACHE``
+            or :obj:`True`)
     """
-    global _enabled, _min_bytes, _keep_bytes
-    if not isinstance(enabled, bool):
-        raise TypeError(f"'enabled' must be a bool (got {type(enabled).__name__})")
+    global _enabled, _min_bytes, _keep_bytes, _block_cache
+    for name, flag in (('enabled', enabled), ('block_cache', block_cache)):
+        if not isinstance(flag, bool) and (name == 'enabled' or flag is not None):
+            raise TypeError(f"'{name}' must be a bool (got {type(flag).__name__})")
     _check_bytes('min_bytes', min_bytes)
     _check_bytes('keep_bytes', keep_bytes)
     if min_bytes is not None:
         _min_bytes = min_bytes
     if keep_bytes is not None:
         _keep_bytes = keep_bytes
+    if block_cache is not None:
+        _block_cache = block_cache
     _enabled = enabled
 
 
 @contextlib.contextmanager
 def memory_release(enabled: bool = True, min_bytes: Optional[int] = None,
-                   keep_bytes: Optional[int] = None) -> Iterator[None]:
+                   keep_bytes: Optional[int] = None,
+                   block_cache: Optional[bool] = None) -> Iterator[None]:
     r"""Context manager form of :func:`set_memory_release`; restores the
     previous setting on exit."""
-    previous = (_enabled, _min_bytes, _keep_bytes)
-    set_memory_release(enabled, min_bytes, keep_bytes)
+    previous = (_enabled, _min_bytes, _keep_bytes, _block_cache)
+    set_memory_release(enabled, min_bytes, keep_bytes, block_cache)
     try:
         yield
     finally:
         _restore(*previous)
 
 
-def _restore(enabled: Optional[bool], min_bytes: int,
-             keep_bytes: Optional[int]) -> None:
-    global _enabled, _min_bytes, _keep_bytes
-    _enabled, _min_bytes, _keep_bytes = enabled, min_bytes, keep_bytes
+def _restore(enabled: Optional[bool], min_bytes: int, keep_bytes: Optional[int],
+             block_cache: Optional[bool]) -> None:
+    global _enabled, _min_bytes, _keep_bytes, _block_cache
+    _enabled, _min_bytes, _keep_bytes, _block_cache = (enabled, min_bytes, keep_bytes,
+                                                       block_cache)
 
 
 def _worth_releasing() -> bool:
@@ -247,9 +309,7 @@ def release_freed_memory(like: torch.Tensor) -> bool:
     useful after work on tensors like :obj:`like` (more than
     :obj:`keep_bytes` of it resident); returns whether it did."""
     global _checks, _calls, _seconds, _rest_bytes
-    if (like.device.type != 'cpu' or torch.compiler.is_compiling()
-            or like.numel() * like.element_size() < _min_bytes
-            or not memory_release_enabled()):
+    if not memory_release_applies(like):
         return False
     trim = _malloc_trim()
     if trim is None:
