@@ -31,7 +31,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "Whether CUDA kernels were compiled");
   // Not tensor operators: a scoped CPU allocator (csrc/cpu/block_cache.h).
   m.def("block_cache_enter", &gnf::block_cache::enter, py::arg("keep_bytes"));
-  m.def("block_cache_exit", &gnf::block_cache::exit, py::arg("end_of_pass"));
+  m.def("block_cache_exit", &gnf::block_cache::exit);
   m.def("block_cache_release", &gnf::block_cache::release);
   m.def("block_cache_end_pass", &gnf::block_cache::end_pass);
   m.def("block_cache_stats", &gnf::block_cache::stats);

@@ -11,6 +11,7 @@ from torch_geometric_gnf.ops import (block_cache, block_cache_available,
                                      block_cache_min_bytes, block_cache_stats,
                                      release_block_cache)
 from torch_geometric_gnf.ops import _extension
+from torch_geometric_gnf.ops.block_cache import end_block_cache_pass
 from torch_geometric_gnf.utils import memory_release
 
 needs_cache = pytest.mark.skipif(not block_cache_available(),
@@ -126,19 +127,21 @@ def test_scope_left_by_an_exception():
 
 @needs_cache
 def test_end_of_pass_releases_only_blocks_it_did_not_reuse():
-    with block_cache(end_of_pass=True):
+    with block_cache():
         a = floats(4 * MB)
         b = floats(16 * MB)
         del a, b  # freed during this pass: kept for the next
+    end_block_cache_pass()
     waiting = block_cache_stats()['waiting_bytes']
     assert waiting >= 20 * MB
-    with block_cache(end_of_pass=True):
+    with block_cache():
         a = floats(4 * MB)  # reuses the 4 MB block; the 16 MB one waits unused
         del a
+    assert end_block_cache_pass() >= 16 * MB
     stats = block_cache_stats()
     assert 4 * MB <= stats['waiting_bytes'] < 16 * MB
-    with block_cache(end_of_pass=True):
-        pass  # the 4 MB block was not reused in this pass
+    # the 4 MB block is not reused in the next pass
+    assert end_block_cache_pass() >= 4 * MB
     assert block_cache_stats()['waiting_bytes'] == 0
     # release_block_cache hands back everything at once
     with block_cache():
@@ -194,10 +197,11 @@ def test_threads_allocate_and_free_concurrently():
 def test_noop_without_the_extension(monkeypatch):
     monkeypatch.setenv('GNF_DISABLE_EXTENSION', '1')
     assert not block_cache_available()
-    with block_cache(end_of_pass=True) as installed:
+    with block_cache() as installed:
         assert not installed
         floats(4 * MB)  # freed at once
-    assert release_block_cache() == 0 and block_cache_min_bytes() == 0
+    assert release_block_cache() == 0 and end_block_cache_pass() == 0
+    assert block_cache_min_bytes() == 0
     assert set(block_cache_stats().values()) == {0}
 
 

@@ -12,7 +12,7 @@ namespace gnf {
 namespace block_cache {
 std::size_t size_class(std::size_t n) { return n; }
 bool enter(std::int64_t) { return false; }
-void exit(bool) {}
+void exit() {}
 std::int64_t release() { return 0; }
 std::int64_t end_pass() { return 0; }
 std::map<std::string, std::int64_t> stats() {
@@ -91,17 +91,14 @@ class BlockCache final : public c10::Allocator {
     return installed_;
   }
 
-  void exit(bool end_of_pass) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      TORCH_CHECK(depth_ > 0, "block_cache: exit() without enter()");
-      if (--depth_ == 0 && installed_) {
-        if (c10::GetCPUAllocator() == this)
-          c10::SetCPUAllocator(replaced_, /*priority=*/0);
-        installed_ = false;
-      }
+  void exit() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    TORCH_CHECK(depth_ > 0, "block_cache: exit() without enter()");
+    if (--depth_ == 0 && installed_) {
+      if (c10::GetCPUAllocator() == this)
+        c10::SetCPUAllocator(replaced_, /*priority=*/0);
+      installed_ = false;
     }
-    if (end_of_pass) release(/*stale_only=*/true);
   }
 
   // Unmaps the waiting blocks (with stale_only, those freed before the
@@ -243,7 +240,7 @@ std::size_t size_class(std::size_t n) {
 bool enter(std::int64_t keep_bytes) {
   return BlockCache::get().enter(keep_bytes);
 }
-void exit(bool release) { BlockCache::get().exit(release); }
+void exit() { BlockCache::get().exit(); }
 std::int64_t release() { return BlockCache::get().release(false); }
 std::int64_t end_pass() { return BlockCache::get().release(true); }
 std::map<std::string, std::int64_t> stats() {

@@ -17,7 +17,7 @@
 // waits in the cache for the next request of its class (the next layer's
 // same-shaped intermediate: no fault, no fragmentation); one freed outside
 // any scope is unmapped at once. A pass (a training step's backward pass
-// through a chain of steps) ends with exit(end_of_pass=true): the blocks
+// through a chain of steps) ends with end_pass(): the blocks
 // that waited through the whole pass without being reused are unmapped, so
 // a steady training loop keeps exactly the blocks its steps reuse and
 // faults nothing in again, while blocks of sizes no longer requested go
@@ -44,9 +44,8 @@ std::size_t size_class(std::size_t n);
 // that would exceed it is unmapped at once. Returns whether the cache is
 // the CPU allocator now.
 bool enter(std::int64_t keep_bytes);
-// Leaves a scope; the last restores the replaced allocator. With
-// end_of_pass, then calls end_pass().
-void exit(bool end_of_pass);
+// Leaves a scope; the last restores the replaced allocator.
+void exit();
 // Unmaps every waiting block; returns the bytes handed back.
 std::int64_t release();
 // Ends a pass: unmaps the blocks not reused since the previous pass ended;

@@ -15,9 +15,9 @@ same pages, without page faults and without fragmenting the heap.  Smaller
 requests go to PyTorch's allocator unchanged.  Freed blocks wait for reuse
 up to a budget (``keep_bytes``); one freed beyond it is unmapped at once
 (as ``malloc`` unmaps its mmapped blocks), so the budget bounds what the
-cache adds to the resident memory.  A scope left with ``end_of_pass=True`` (the
-memory-saving chain's backward pass is complete) unmaps the blocks that
-waited through the whole pass without being reused: a steady training loop
+cache adds to the resident memory.  :func:`end_block_cache_pass` (called
+when a memory-saving chain's backward pass is complete) unmaps the blocks
+that waited through the whole pass without being reused: a steady training loop
 keeps the blocks its steps reuse (about one step's intermediates) from one
 training step to the next, blocks of sizes no longer requested go back.
 :func:`release_block_cache` unmaps every waiting block (e.g. before
@@ -46,16 +46,12 @@ def block_cache_available() -> bool:
 
 
 @contextlib.contextmanager
-def block_cache(end_of_pass: bool = False,
-                keep_bytes: Optional[int] = None) -> Iterator[bool]:
+def block_cache(keep_bytes: Optional[int] = None) -> Iterator[bool]:
     r"""Serves large CPU allocations from the block cache while entered
     (scopes nest); yields whether the cache is the CPU allocator (:obj:`False`
     where unavailable or a custom CPU allocator is installed).
 
     Args:
-        end_of_pass (bool, optional): On leaving, unmap the waiting blocks
-            that were not reused since the previous pass ended.
-            (default: :obj:`False`)
         keep_bytes (int, optional): Most bytes of freed blocks that wait for
             reuse (from now on, also after the scope); a block freed beyond
             it is unmapped at once. (default: :obj:`None`, no limit)
@@ -72,7 +68,7 @@ def block_cache(end_of_pass: bool = False,
     try:
         yield installed
     finally:
-        _extension._C.block_cache_exit(end_of_pass=end_of_pass)
+        _extension._C.block_cache_exit()
 
 
 def release_block_cache() -> int:

@@ -20,9 +20,9 @@ with it:
   :obj:`keep_bytes` (default 256 MiB) in all; one freed beyond it is
   unmapped at once.  After a chain's backward pass the blocks that pass did
   not reuse are unmapped; those a training loop reuses stay mapped from one
-  training step to the next; ``ops.release_block_cache()`` hands them back.  Turn the cache
-  alone off with ``set_memory_release(True, block_cache=False)`` or
-  ``GNF_MEMORY_RELEASE_BLOCK_CACHE=0``.
+  training step to the next; ``ops.release_block_cache()`` hands them
+  back.  Turn the cache alone off with ``set_memory_release(True,
+  block_cache=False)`` or ``GNF_MEMORY_RELEASE_BLOCK_CACHE=0``.
 * **A release of the heap** (everything else, or everything where the
   extension is not built), described next.
 
@@ -215,8 +215,9 @@ def memory_release_applies(like: torch.Tensor, num_bytes: Optional[int] = None) 
 
 def memory_release_keep_bytes() -> int:
     r"""Freed memory kept resident for reuse, in the heap before a release
-    and in the block cache (see the module doc): :func:`set_memory_release`'s :obj:`keep_bytes` if given, else the
-    environment variable ``GNF_MEMORY_RELEASE_KEEP_MB`` (MiB), else 256 MiB."""
+    and in the block cache (see the module doc): :func:`set_memory_release`'s
+    :obj:`keep_bytes` if given, else the environment variable
+    ``GNF_MEMORY_RELEASE_KEEP_MB`` (MiB), else 256 MiB."""
     if _keep_bytes is not None:
         return _keep_bytes
     value = os.environ.get(KEEP_ENV_VAR, '').strip()
@@ -259,9 +260,10 @@ def set_memory_release(enabled: bool, min_bytes: Optional[int] = None,
             or :obj:`True`)
     """
     global _enabled, _min_bytes, _keep_bytes, _block_cache
-    for name, flag in (('enabled', enabled), ('block_cache', block_cache)):
-        if not isinstance(flag, bool) and (name == 'enabled' or flag is not None):
-            raise TypeError(f"'{name}' must be a bool (got {type(flag).__name__})")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"'enabled' must be a bool (got {type(enabled).__name__})")
+    if block_cache is not None and not isinstance(block_cache, bool):
+        raise TypeError(f"'block_cache' must be a bool (got {type(block_cache).__name__})")
     _check_bytes('min_bytes', min_bytes)
     _check_bytes('keep_bytes', keep_bytes)
     if min_bytes is not None:
