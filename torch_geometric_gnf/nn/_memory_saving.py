@@ -91,8 +91,9 @@ def _backward_half_step(block: torch.nn.Module, fn: torch.nn.Module, name: str,
     return rebuilt, grad_known, grad_rebuilt, grads
 
 
-def _use_block_cache(like: Optional[Tensor], num_bytes: int) -> bool:
-    r"""Whether a step of :obj:`num_bytes` features like :obj:`like` takes
+def _use_block_cache(like: Optional[Tensor], num_bytes: Optional[int] = None) -> bool:
+    r"""Whether a step of :obj:`num_bytes` features (default: the size of
+    :obj:`like`) like :obj:`like` takes
     its large CPU blocks from the block cache (``ops.block_cache``): each
     layer's intermediates then reuse the previous layer's blocks."""
     return (like is not None and memory_release_applies(like, num_bytes)
@@ -128,8 +129,7 @@ class ReversibleFunction(torch.autograd.Function):
                 x: Tensor, *inputs: Tensor) -> Tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         rng: List[RngState] = []
-        with _step_blocks(_use_block_cache(x, x.numel() * x.element_size()),
-                          end_of_pass=False):
+        with _step_blocks(_use_block_cache(x), end_of_pass=False):
             y, log_det = block._step(x, call, False, rng)
         release_freed_memory(y)  # the step's transients (utils.memory)
         ctx.block, ctx.call, ctx.rng = block, call, rng

@@ -36,6 +36,7 @@ import contextlib
 from typing import Dict, Iterator, Optional
 
 from torch_geometric_gnf.ops import _extension
+from torch_geometric_gnf.utils.memory import check_bytes
 
 
 def block_cache_available() -> bool:
@@ -56,10 +57,7 @@ def block_cache(keep_bytes: Optional[int] = None) -> Iterator[bool]:
             reuse (from now on, also after the scope); a block freed beyond
             it is unmapped at once. (default: :obj:`None`, no limit)
     """
-    if keep_bytes is not None and (isinstance(keep_bytes, bool)
-                                   or not isinstance(keep_bytes, int) or keep_bytes < 0):
-        raise ValueError(f"'keep_bytes' must be a non-negative integer or None "
-                         f"(got {keep_bytes!r})")
+    check_bytes('keep_bytes', keep_bytes)
     if not block_cache_available():
         yield False
         return

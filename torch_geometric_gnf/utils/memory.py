@@ -233,7 +233,9 @@ def memory_release_keep_bytes() -> int:
     return int(mb * 2**20)
 
 
-def _check_bytes(name: str, value: Optional[int]) -> None:
+def check_bytes(name: str, value: Optional[int]) -> None:
+    r"""Raises a :class:`ValueError` naming :obj:`name` unless :obj:`value`
+    is :obj:`None` or a non-negative integer (a byte count)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or value < 0):
         raise ValueError(f"'{name}' must be a non-negative integer (got {value!r})")
@@ -264,8 +266,8 @@ def set_memory_release(enabled: bool, min_bytes: Optional[int] = None,
         raise TypeError(f"'enabled' must be a bool (got {type(enabled).__name__})")
     if block_cache is not None and not isinstance(block_cache, bool):
         raise TypeError(f"'block_cache' must be a bool (got {type(block_cache).__name__})")
-    _check_bytes('min_bytes', min_bytes)
-    _check_bytes('keep_bytes', keep_bytes)
+    check_bytes('min_bytes', min_bytes)
+    check_bytes('keep_bytes', keep_bytes)
     if min_bytes is not None:
         _min_bytes = min_bytes
     if keep_bytes is not None:
